@@ -1,0 +1,149 @@
+"""The per-file run loop every command shares: progress, one line per failure, a summary, an exit code.
+
+A batch is read, processed and saved item by item (or a few items at a time, so that faces from
+several files share one network forward). A file that cannot be read, or whose processing fails,
+is reported in one line and the rest of the batch still runs. Nothing is written for a failed file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from codeformer.errors import CodeFormerError
+
+logger = logging.getLogger(__name__)
+
+Loaded = TypeVar("Loaded")
+Result = TypeVar("Result")
+
+
+@dataclass
+class BatchReport:
+    """What happened to a batch's inputs."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)  # one line per failed input
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self, verb: str = "restored") -> str:
+        return f"{verb} {self.done}, skipped {self.skipped}, failed {self.failed}"
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for a failure: the user-facing message, or the type and text of an unexpected error."""
+    if isinstance(error, CodeFormerError):
+        return str(error)
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return "out of memory: try a smaller --batch_size or --bg_tile, or --device cpu"
+    text = " ".join(str(error).split()) or "no details"
+    return f"unexpected error ({type(error).__name__}: {text[:300]})"
+
+
+@dataclass
+class Batch(Generic[Loaded, Result]):
+    """How to run one kind of input: load one, process several at once, save one."""
+
+    load: Callable[[Path], Loaded]
+    process: Callable[[list[Loaded]], list[Result]]
+    save: Callable[[Path, Result], None]
+    is_done: Callable[[Path], bool] | None = None  # --skip_existing: True when the output is there
+    chunk_size: int = 1  # inputs processed by one `process` call
+
+
+def run_batch(
+    inputs: Sequence[Path],
+    batch: Batch[Loaded, Result],
+    *,
+    desc: str = "restoring",
+    unit: str = "image",
+    progress: bool = True,
+) -> BatchReport:
+    """Run ``batch`` over ``inputs``; never raises for a single input's failure (KeyboardInterrupt does)."""
+    report = BatchReport()
+
+    def fail(path: Path, error: BaseException) -> None:
+        line = describe_failure(error)
+        if not line.startswith(str(path)) and not line.startswith(path.name):
+            line = f"{path.name}: {line}"
+        logger.error("%s", line)
+        logger.debug("details for %s", path, exc_info=error)
+        report.failed += 1
+        report.notes.append(line)
+
+    chunk_size = max(1, batch.chunk_size)
+    with tqdm(total=len(inputs), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(inputs), chunk_size):
+            chunk = inputs[start:start + chunk_size]
+            loaded: list[tuple[Path, Loaded]] = []
+            for path in chunk:
+                if batch.is_done is not None and batch.is_done(path):
+                    report.skipped += 1
+                    bar.update(1)
+                    continue
+                try:
+                    loaded.append((path, batch.load(path)))
+                except Exception as error:  # noqa: BLE001 - reported per file, the batch goes on
+                    fail(path, error)
+                    bar.update(1)
+            if not loaded:
+                continue
+            try:
+                results = batch.process([item for _, item in loaded])
+            except Exception as error:  # noqa: BLE001
+                for path, _ in loaded:
+                    fail(path, error)
+                bar.update(len(loaded))
+                continue
+            for (path, _), result in zip(loaded, results):
+                try:
+                    batch.save(path, result)
+                    report.done += 1
+                except Exception as error:  # noqa: BLE001
+                    fail(path, error)
+                bar.update(1)
+    return report
+
+
+def output_stems(inputs: Sequence[Path]) -> dict[Path, str]:
+    """Output base names for inputs, unique even when two inputs share a stem (``a.jpg`` and ``a.png``).
+
+    Inputs keep their stem; when several inputs of a batch share one, each of them gets its extension
+    appended (``a_jpg``, ``a_png``) so no output overwrites another.
+    """
+    counts: dict[str, int] = {}
+    for path in inputs:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems = {}
+    for path in inputs:
+        clash = counts[path.stem] > 1
+        stems[path] = f"{path.stem}_{path.suffix.lstrip('.').lower()}" if clash else path.stem
+    if any(count > 1 for count in counts.values()):
+        logger.warning("some inputs share a name; their outputs are named <name>_<extension> to keep them apart")
+    return stems
+
+
+def with_suffix_name(stem: str, suffix: str | None, extension: str = ".png") -> str:
+    """``<stem>[_<suffix>]<extension>``: the reference's ``--suffix`` naming."""
+    return f"{stem}_{suffix}{extension}" if suffix else f"{stem}{extension}"
+
+
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` or fail with a one-line error before any work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CodeFormerError(f"cannot create output folder {folder} ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK):
+        raise CodeFormerError(f"output folder {folder} is not writable; choose another with -o")

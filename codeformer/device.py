@@ -1,0 +1,47 @@
+"""Choosing the torch device from a command-line style name."""
+
+from __future__ import annotations
+
+import torch
+
+from codeformer.errors import CodeFormerError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)  # absent on some builds
+    return backend is not None and backend.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda`` (or ``cuda:<index>``) or ``mps``.
+
+    Asking for a GPU PyTorch cannot see raises :class:`CodeFormerError` instead of failing later.
+    """
+    kind, _, index = name.strip().lower().partition(":")
+    if kind == "auto" and not index:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if kind == "cpu" and not index:
+        return torch.device("cpu")
+    if kind == "cuda" and (not index or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise CodeFormerError(
+                f"--device {name} was requested but PyTorch sees no CUDA GPU; use --device cpu or install "
+                "a CUDA build of PyTorch"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise CodeFormerError(
+                f"--device {name} was requested but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); "
+                "use --device cuda:0"
+            )
+        return torch.device(name.strip().lower())
+    if kind == "mps" and not index:
+        if not _mps_available():
+            raise CodeFormerError(
+                "--device mps was requested but PyTorch sees no Apple GPU (MPS); use --device cpu"
+            )
+        return torch.device("mps")
+    raise CodeFormerError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:<index>)")

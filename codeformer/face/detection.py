@@ -1,0 +1,386 @@
+"""Face detectors returning boxes and 5 landmarks: RetinaFace (via facexlib) and dlib.
+
+Detectors follow the reference recipe of sczhou/CodeFormer (``facelib/detection/__init__.py`` and
+``FaceRestoreHelper.get_face_landmarks_5`` / ``get_face_landmarks_5_dlib``) so that, with the same
+weights, our detections and therefore our aligned crops match the reference's:
+
+- RetinaFace (``retinaface_resnet50``, ``retinaface_mobile0.25``) is facexlib's network, loaded
+  strictly from our weights manager, called as the reference calls it (``detect_faces`` with its
+  defaults: confidence > 0.8, NMS IoU 0.4, picture at its own size, full precision). Its landmarks are
+  left eye, right eye, nose, left and right mouth corners (image left/right): the FFHQ template.
+- dlib (``dlib``) is the CNN (MMOD) face detector with one pyramid upsampling plus the 5-point shape
+  predictor. Its landmarks come in dlib's own order (two corners of one eye, two of the other, the
+  bottom of the nose): the dlib template.
+
+:func:`find_faces` adds the reference's selection around a detector (upscaling for detection, eye
+distance filter, centre / largest face). Example::
+
+    detector = load_detector("retinaface_resnet50", device="cpu")
+    faces = find_faces(picture, detector, only_center_face=True)   # picture: (H, W, 3) BGR uint8
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from codeformer.device import resolve_device
+from codeformer.errors import CodeFormerError
+from codeformer.weights import load_state_dict, weight_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DETECTOR_NAMES",
+    "DetectedFace",
+    "DlibDetector",
+    "FaceDetector",
+    "RetinaFaceDetector",
+    "center_face",
+    "eye_distance",
+    "find_faces",
+    "largest_face",
+    "load_detector",
+    "rescale_face",
+]
+
+DETECTOR_NAMES: tuple[str, ...] = ("retinaface_resnet50", "retinaface_mobile0.25", "dlib")
+
+TEMPLATE_FFHQ = "ffhq"  # RetinaFace's 5 points: eye centres, nose tip, mouth corners
+TEMPLATE_DLIB = "dlib"  # dlib's 5 points: outer/inner corner of each eye, bottom of the nose
+
+# RetinaFace variant -> (facexlib network name, file in the weights root).
+_RETINAFACE_VARIANTS: Mapping[str, tuple[str, str]] = {
+    "retinaface_resnet50": ("resnet50", "facelib/detection_Resnet50_Final.pth"),
+    "retinaface_mobile0.25": ("mobile0.25", "facelib/detection_mobilenet0.25_Final.pth"),
+}
+DLIB_DETECTOR_KEY = "dlib/mmod_human_face_detector-4cb19393.dat"
+DLIB_SHAPE_PREDICTOR_KEY = "dlib/shape_predictor_5_face_landmarks-c4b1e980.dat"
+
+# facexlib's / the reference's `detect_faces` defaults, which the reference never overrides.
+RETINAFACE_CONF_THRESHOLD = 0.8
+RETINAFACE_NMS_THRESHOLD = 0.4
+# The reference calls the dlib CNN detector with upsample_num_times=1 (its `scale=1` default): the
+# picture is upsampled once (2x) so faces down to about 40 px are found.
+DLIB_UPSAMPLE_TIMES = 1
+
+# `get_face_landmarks_5(resize=640, eye_dist_threshold=5)` as the reference's scripts call it.
+DEFAULT_DETECTION_SHORT_SIDE = 640
+DEFAULT_EYE_DIST_THRESHOLD = 5.0
+
+_BOX_SHAPE = (4,)
+_LANDMARKS_SHAPE = (5, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class DetectedFace:
+    """One detected face. Arrays are float64 copies, read-only (the value is frozen).
+
+    ``eq=False``: faces compare by identity (element-wise array equality has no single truth value).
+    """
+
+    box: np.ndarray  # (4,) float: x1, y1, x2, y2 in the given image's pixel coordinates
+    score: float  # the detector's confidence (RetinaFace: probability; dlib: MMOD detection score)
+    landmarks: np.ndarray  # (5, 2) float, (x, y) in the order the detector's template expects
+
+    def __post_init__(self) -> None:
+        box = _frozen_array(self.box, _BOX_SHAPE, "box")
+        landmarks = _frozen_array(self.landmarks, _LANDMARKS_SHAPE, "landmarks")
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "landmarks", landmarks)
+        object.__setattr__(self, "score", float(self.score))
+
+
+def _frozen_array(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    array = np.array(values, dtype=np.float64)  # always a copy: callers keep their own arrays
+    if array.shape != shape:
+        raise ValueError(f"DetectedFace.{what} must have shape {shape}, got {array.shape}")
+    array.setflags(write=False)
+    return array
+
+
+class FaceDetector(Protocol):
+    """What the pipeline needs from a detector."""
+
+    name: str
+    template_name: str  # "ffhq" for RetinaFace's landmarks, "dlib" for dlib's 5-point order
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """Faces in a (H, W, 3) BGR uint8 picture, in the order the detector returns them."""
+        ...
+
+
+def _check_bgr_image(image: np.ndarray) -> np.ndarray:
+    """The picture as a C-contiguous (H, W, 3) uint8 array (what both detectors need)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected a (H, W, 3) BGR uint8 picture, got {got}")
+    return np.ascontiguousarray(image)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    # Names go through the project's one device policy ("auto", clear error for a missing GPU).
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)
+
+
+def _load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], path: os.PathLike[str] | str, what: str) -> None:
+    """Load ``state`` into ``net`` with every key and shape matching, else a user-readable error."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
+        raise CodeFormerError(
+            f"{path} is not a {what} checkpoint ({first_line}): delete it and let it download again"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# RetinaFace
+
+
+class RetinaFaceDetector:
+    """facexlib's RetinaFace, run as the reference runs it."""
+
+    template_name = TEMPLATE_FFHQ
+
+    def __init__(self, name: str, network: torch.nn.Module) -> None:
+        self.name = name
+        self._network = network  # facexlib.detection.retinaface.RetinaFace, eval(), on its device
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self._network
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        image = _check_bgr_image(image)
+        with torch.inference_mode():
+            # (K, 15) float32: x1, y1, x2, y2, score, then 5 (x, y) landmarks; sorted by score.
+            rows = self._network.detect_faces(
+                image, conf_threshold=RETINAFACE_CONF_THRESHOLD, nms_threshold=RETINAFACE_NMS_THRESHOLD
+            )
+        return [DetectedFace(box=row[0:4], score=row[4], landmarks=row[5:15].reshape(5, 2)) for row in rows]
+
+
+def _build_retinaface(network_name: str, device: torch.device) -> torch.nn.Module:
+    """facexlib's RetinaFace network (random weights), built without its downloader."""
+    from facexlib.detection.retinaface import RetinaFace  # facexlib's package import is slow: only when used
+
+    with warnings.catch_warnings():
+        # facexlib builds the ResNet-50 trunk with `resnet50(pretrained=False)`: torchvision 0.29
+        # still accepts it (same as weights=None, nothing downloaded) but warns on every call.
+        warnings.filterwarnings("ignore", message=r".*'pretrained' is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Arguments other than a weight enum", category=UserWarning)
+        return RetinaFace(network_name=network_name, half=False, phase="test", device=device)
+
+
+def _load_retinaface(name: str, device: torch.device, weights_dir: str | os.PathLike[str] | None) -> RetinaFaceDetector:
+    network_name, key = _RETINAFACE_VARIANTS[name]
+    path = weight_path(key, weights_dir)
+    state = load_state_dict(path)  # the official files carry DataParallel's `module.`: stripped there
+    network = _build_retinaface(network_name, device)
+    _load_strict(network, state, path, f"RetinaFace ({network_name})")
+    network.eval()
+    return RetinaFaceDetector(name, network)
+
+
+# ------------------------------------------------------------------------------------------------
+# dlib
+
+
+class DlibDetector:
+    """dlib's CNN face detector plus its 5-point shape predictor, as the reference runs them.
+
+    It runs on the CPU and is slow: with the reference's one pyramid upsampling, a 512x512 picture
+    takes about 4 s on two cores, and the time grows with the pixel count.
+    """
+
+    name = "dlib"
+    template_name = TEMPLATE_DLIB
+
+    def __init__(self, face_detector: Any, shape_predictor: Any, *, upsample_times: int = DLIB_UPSAMPLE_TIMES) -> None:
+        self._face_detector = face_detector  # dlib.cnn_face_detection_model_v1
+        self._shape_predictor = shape_predictor  # dlib.shape_predictor (5 points)
+        self._upsample_times = upsample_times
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        pixels = _check_bgr_image(image)
+        # The reference hands its BGR picture to dlib as is, although dlib's models were trained on
+        # RGB; we do the same so that boxes and landmarks match the reference's exactly.
+        detections = self._face_detector(pixels, self._upsample_times)
+        faces = []
+        for detection in detections:
+            rect = detection.rect
+            shape = self._shape_predictor(pixels, rect)
+            landmarks = [(part.x, part.y) for part in shape.parts()]
+            box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+            faces.append(DetectedFace(box=box, score=detection.confidence, landmarks=landmarks))
+        return faces
+
+
+def _import_dlib() -> Any:
+    try:
+        import dlib
+    except ImportError:
+        raise CodeFormerError(
+            "the dlib detector needs dlib: run `pip install dlib-bin face-recognition-models`"
+        ) from None
+    return dlib
+
+
+def _load_dlib(weights_dir: str | os.PathLike[str] | None) -> DlibDetector:
+    dlib = _import_dlib()
+    detector_path = weight_path(DLIB_DETECTOR_KEY, weights_dir)
+    predictor_path = weight_path(DLIB_SHAPE_PREDICTOR_KEY, weights_dir)
+    try:
+        face_detector = dlib.cnn_face_detection_model_v1(str(detector_path))
+        shape_predictor = dlib.shape_predictor(str(predictor_path))
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or ["unreadable"])[0][:200]
+        raise CodeFormerError(
+            f"cannot read the dlib models {detector_path}, {predictor_path} ({first_line}): "
+            "delete them and let them download again"
+        ) from None
+    return DlibDetector(face_detector, shape_predictor)
+
+
+def load_detector(
+    name: str,
+    *,
+    device: str | torch.device,
+    weights_dir: str | os.PathLike[str] | None = None,
+) -> FaceDetector:
+    """A ready face detector by name (one of :data:`DETECTOR_NAMES`).
+
+    Weights come from :func:`codeformer.weights.weight_path` (downloaded on first use; the dlib files
+    are taken from an installed face-recognition-models package when present). ``device`` (a torch
+    device, or a name for :func:`codeformer.device.resolve_device` such as "auto") is used by
+    RetinaFace; dlib always runs on the CPU.
+
+    Example::
+
+        detector = load_detector("retinaface_resnet50", device="cuda")
+        faces = detector.detect(cv2.imread("group.jpg"))
+    """
+    if name not in DETECTOR_NAMES:
+        raise CodeFormerError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTOR_NAMES)}")
+    if name == "dlib":
+        return _load_dlib(weights_dir)
+    return _load_retinaface(name, _resolve_device(device), weights_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection around a detector (the reference's get_face_landmarks_5)
+
+
+def eye_distance(face: DetectedFace, template_name: str) -> float:
+    """Distance in pixels between the two eye centres (dlib: midpoints of each eye's two corners)."""
+    points = face.landmarks  # (5, 2)
+    if template_name == TEMPLATE_DLIB:
+        first_eye, second_eye = points[0:2].mean(axis=0), points[2:4].mean(axis=0)
+    else:
+        first_eye, second_eye = points[0], points[1]
+    return float(np.linalg.norm(first_eye - second_eye))
+
+
+def rescale_face(face: DetectedFace, factor: float) -> DetectedFace:
+    """The same face with its box and landmarks multiplied by ``factor`` (score unchanged)."""
+    return DetectedFace(box=face.box * factor, score=face.score, landmarks=face.landmarks * factor)
+
+
+def _unscale_like_reference(face: DetectedFace, scale: float) -> DetectedFace:
+    """Coordinates found on the upscaled picture, mapped back as the reference does.
+
+    The reference divides RetinaFace's float32 rows by the scale in float32; doing the same keeps
+    our landmarks bit-identical to its.
+    """
+    divisor = np.float32(scale)
+    return DetectedFace(
+        box=face.box.astype(np.float32) / divisor,
+        score=face.score,
+        landmarks=face.landmarks.astype(np.float32) / divisor,
+    )
+
+
+def _clipped_area(box: np.ndarray, height: int, width: int) -> float:
+    left, right = np.clip(box[[0, 2]], 0, width)
+    top, bottom = np.clip(box[[1, 3]], 0, height)
+    return float((right - left) * (bottom - top))
+
+
+def largest_face(faces: Sequence[DetectedFace], height: int, width: int) -> DetectedFace:
+    """The face whose box, clipped to the picture, has the largest area (first one on ties)."""
+    if not faces:
+        raise ValueError("largest_face needs at least one face")
+    areas = [_clipped_area(face.box, height, width) for face in faces]
+    return faces[int(np.argmax(areas))]
+
+
+def center_face(faces: Sequence[DetectedFace], height: int, width: int) -> DetectedFace:
+    """The face whose box centre is nearest the picture centre (first one on ties)."""
+    if not faces:
+        raise ValueError("center_face needs at least one face")
+    picture_centre = np.array([width / 2, height / 2])
+    distances = [np.linalg.norm((face.box[0:2] + face.box[2:4]) / 2 - picture_centre) for face in faces]
+    return faces[int(np.argmin(distances))]
+
+
+def _detection_scale(height: int, width: int, short_side: int | None) -> float:
+    """Factor the picture is resized by for detection: up to ``short_side``, never down."""
+    if short_side is None:
+        return 1.0
+    return max(1.0, short_side / min(height, width))
+
+
+def find_faces(
+    image: np.ndarray,
+    detector: FaceDetector,
+    *,
+    only_center_face: bool = False,
+    only_keep_largest: bool = False,
+    eye_dist_threshold: float | None = DEFAULT_EYE_DIST_THRESHOLD,
+    detection_short_side: int | None = DEFAULT_DETECTION_SHORT_SIDE,
+) -> list[DetectedFace]:
+    """Detect faces as the reference's ``get_face_landmarks_5(resize=640, eye_dist_threshold=5)``.
+
+    ``image`` is the picture the reference would detect on: (H, W, 3) BGR uint8, already upsampled
+    so that its short side is at least 512 when it was smaller (the reference's ``read_image``; that
+    step belongs to the caller). Coordinates returned are in ``image``'s pixels.
+
+    - RetinaFace detectors see the picture resized (bilinear) by ``max(1, detection_short_side /
+      short side)`` (only upscaling; ``None``: no resize); boxes and landmarks are mapped back. dlib
+      sees the picture at its own size, as in the reference (its own pyramid upsampling does the rest).
+    - Faces whose eyes are closer than ``eye_dist_threshold`` pixels (side or tiny faces) are dropped.
+    - ``only_keep_largest`` keeps the largest box (clipped to the picture); otherwise
+      ``only_center_face`` keeps the face nearest the picture centre. Either returns at most one face.
+
+    Deviations from the reference, all deliberate: the returned score is the detector's (the
+    reference divides it by the detection scale along with the coordinates); for dlib the eye
+    distance filter uses eye-corner midpoints and ``only_center_face`` is honoured (the reference
+    ignores both for dlib).
+    """
+    image = _check_bgr_image(image)
+    height, width = image.shape[:2]
+    scale = 1.0 if detector.name == "dlib" else _detection_scale(height, width, detection_short_side)
+    if scale != 1.0:
+        # Same size rounding as the reference (int truncation), and the same inverse mapping (/ scale).
+        resized = cv2.resize(image, (int(width * scale), int(height * scale)), interpolation=cv2.INTER_LINEAR)
+        faces = [_unscale_like_reference(face, scale) for face in detector.detect(resized)]
+    else:
+        faces = detector.detect(image)
+    logger.debug("%s found %d face(s) in a %dx%d picture", detector.name, len(faces), width, height)
+    if eye_dist_threshold is not None:
+        faces = [face for face in faces if eye_distance(face, detector.template_name) >= eye_dist_threshold]
+    if not faces:
+        return []
+    if only_keep_largest:
+        return [largest_face(faces, height, width)]
+    if only_center_face:
+        return [center_face(faces, height, width)]
+    return faces

@@ -1,0 +1,129 @@
+"""ParseNet face parsing: per-pixel face-part labels and the paste-back masks made from them.
+
+The network is facexlib's ParseNet (from PSFR-GAN) with the reference's configuration (input and
+output 512x512, 19 classes), loaded strictly from ``facelib/parsing_parsenet.pth``. Preprocessing is
+the reference's (``FaceRestoreHelper.paste_faces_to_input_image`` in sczhou/CodeFormer): bilinear
+resize to 512x512, RGB, scaled to [0, 1] then normalised with mean 0.5 and std 0.5 (to [-1, 1]); the
+label of a pixel is the argmax over the 19 class maps. Faces are run in batches (BatchNorm is in eval
+mode, so a face's labels do not depend on its batch mates).
+
+Example::
+
+    parser = load_face_parser(device="cuda")
+    masks = parser.masks(restored_faces)   # list of (512, 512) float masks in [0, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from codeformer.device import resolve_device
+from codeformer.errors import CodeFormerError
+from codeformer.face.pasteback import parse_labels_to_mask
+from codeformer.weights import load_state_dict, weight_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FaceParser", "PARSENET_KEY", "build_parsenet", "load_face_parser", "preprocess_faces"]
+
+PARSENET_KEY = "facelib/parsing_parsenet.pth"
+PARSE_SIZE = 512  # ParseNet's input and output side (the reference's in_size = out_size = 512)
+PARSE_CLASSES = 19  # CelebAMask-HQ classes: background, skin, brows, eyes, ..., hair, hat, ...
+DEFAULT_BATCH_SIZE = 8
+# The reference normalises each RGB channel in [0, 1] with mean 0.5 and std 0.5, i.e. to [-1, 1].
+_NORM_MEAN = 0.5
+_NORM_STD = 0.5
+_MAX_PIXEL = 255.0
+
+
+def preprocess_faces(faces: Sequence[np.ndarray]) -> torch.Tensor:
+    """Network input for BGR uint8 faces: (N, 3, 512, 512) float32 RGB in [-1, 1], on the CPU."""
+    batch = np.empty((len(faces), PARSE_SIZE, PARSE_SIZE, 3), dtype=np.float32)  # (N, H, W, C) RGB
+    for index, face in enumerate(faces):
+        if not isinstance(face, np.ndarray) or face.dtype != np.uint8 or face.ndim != 3 or face.shape[2] != 3:
+            got = f"{face.dtype} {face.shape}" if isinstance(face, np.ndarray) else type(face).__name__
+            raise ValueError(f"face {index}: expected a (H, W, 3) BGR uint8 crop, got {got}")
+        if face.shape[:2] != (PARSE_SIZE, PARSE_SIZE):
+            face = cv2.resize(face, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
+        # Same float32 operations, in the same order, as the reference (/255, BGR->RGB, -0.5, /0.5).
+        batch[index] = face[:, :, ::-1].astype(np.float32) / _MAX_PIXEL
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    return (tensor - _NORM_MEAN) / _NORM_STD
+
+
+class FaceParser:
+    """A loaded ParseNet on a device."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        self._network = network  # facexlib.parsing.parsenet.ParseNet, eval(), on `device`
+        self._device = device
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self._network
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def labels(self, faces: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE) -> list[np.ndarray]:
+        """Per-pixel class labels (0..18) of BGR uint8 faces: one (512, 512) int64 array per face."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        results: list[np.ndarray] = []
+        for start in range(0, len(faces), batch_size):
+            inputs = preprocess_faces(faces[start:start + batch_size]).to(self._device)  # (B, 3, 512, 512)
+            with torch.inference_mode():
+                class_maps, _ = self._network(inputs)  # (B, 19, 512, 512); the second output is an image
+                labels = class_maps.argmax(dim=1).cpu().numpy()  # (B, 512, 512) int64
+            results.extend(labels)
+        return results
+
+    def masks(self, faces: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE) -> list[np.ndarray]:
+        """Paste-back masks of BGR uint8 faces: one (512, 512) float array in [0, 1] per face.
+
+        Faces that are not 512x512 are resized (bilinear) first, as the reference does.
+        """
+        return [parse_labels_to_mask(labels) for labels in self.labels(faces, batch_size)]
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    # Names go through the project's one device policy ("auto", clear error for a missing GPU).
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)
+
+
+def build_parsenet() -> torch.nn.Module:
+    """facexlib's ParseNet in the reference's configuration, randomly initialised."""
+    from facexlib.parsing.parsenet import ParseNet  # facexlib's package import is slow: only when used
+
+    return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
+
+
+def load_face_parser(
+    *,
+    device: str | torch.device,
+    weights_dir: str | os.PathLike[str] | None = None,
+) -> FaceParser:
+    """ParseNet with the official weights (``facelib/parsing_parsenet.pth``, downloaded on first use).
+
+    ``device``: a torch device, or a name for :func:`codeformer.device.resolve_device` such as "auto".
+    """
+    path = weight_path(PARSENET_KEY, weights_dir)
+    state = load_state_dict(path)
+    network = build_parsenet()
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
+        raise CodeFormerError(
+            f"{path} is not a ParseNet checkpoint ({first_line}): delete it and let it download again"
+        ) from None
+    resolved = _resolve_device(device)
+    network.eval().to(resolved)
+    return FaceParser(network, resolved)

@@ -1,0 +1,130 @@
+"""Random-initialised checkpoints in the official layouts, for tests (the real weights are not downloaded).
+
+Every file holds ``{"params_ema": state_dict}`` with exactly the tensor names and shapes of the
+official file (``tests/test_archs.py`` checks the layouts against the official ones), so the loaders
+treat it like the real thing. The values are random but spread enough for a meaningful forward pass:
+different faces pick different codes, AdaIN and the fusion blocks change the output.
+
+A CodeFormer file is about 370 MB and takes a few seconds to write: write each once per test
+session and share it, with a session-scoped fixture built on the cached helpers::
+
+    from checkpoint_factory import cached_codeformer_checkpoint
+
+    @pytest.fixture(scope="session")
+    def codeformer_pth(tmp_path_factory):
+        return cached_codeformer_checkpoint(tmp_path_factory, "colorization")
+
+The cached helpers write into one folder under pytest's session temporary directory, so every test
+module asking for the same (variant, seed) gets the same file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping
+
+import pytest
+import torch
+from torch import nn
+
+from codeformer._atomic import atomic_path
+from codeformer.archs import CodeFormer, CodeFormerConfig, VQAutoEncoder
+
+WRAPPER_KEY = "params_ema"  # what BasicSR saves the EMA weights under; the official files use it
+
+# The official files' hyperparameters, by variant name.
+VARIANTS: Mapping[str, CodeFormerConfig] = {
+    "codeformer": CodeFormerConfig(),
+    "colorization": CodeFormerConfig(connect_list=("32", "64", "128")),
+    "inpainting": CodeFormerConfig(codebook_size=512, connect_list=("32", "64", "128")),
+}
+# File name of each variant in the official release.
+OFFICIAL_NAMES: Mapping[str, str] = {
+    "codeformer": "codeformer.pth",
+    "colorization": "codeformer_colorization.pth",
+    "inpainting": "codeformer_inpainting.pth",
+}
+
+# Spreads of the random values. Codebook entries and position embeddings are O(1), like the
+# encoder's output and the LayerNorm'ed tokens they meet, so nearest codes and predicted tokens
+# depend on the input and the position; weights keep activations O(1) (std 1/sqrt(fan_in)).
+CODEBOOK_STD = 1.0
+POSITION_STD = 1.0
+NORM_SCALE_STD = 0.1  # norm scales are 1 + N(0, 0.1^2)
+BIAS_STD = 0.02
+
+
+def random_state_dict(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random float32 values for every tensor of ``module`` (which may live on the meta device)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in module.state_dict().items():
+        shape = tuple(tensor.shape)
+        values = torch.randn(shape, generator=generator)
+        if name.endswith("embedding.weight"):
+            values *= CODEBOOK_STD
+        elif name == "position_emb":
+            values *= POSITION_STD
+        elif len(shape) == 1 and name.endswith("weight"):  # GroupNorm / LayerNorm scale
+            values = 1 + NORM_SCALE_STD * values
+        elif len(shape) == 1:  # biases
+            values *= BIAS_STD
+        else:  # conv (out, in, kh, kw) and linear (out, in) weights
+            values /= math.sqrt(math.prod(shape[1:]))
+        state[name] = values
+    return state
+
+
+def random_codeformer(config: CodeFormerConfig, seed: int = 0) -> CodeFormer:
+    """An in-memory CodeFormer with random weights, in eval mode.
+
+    A smaller ``latent_size`` gives a network for smaller faces (16 -> 128x128), whose forward pass
+    is 16x cheaper than at 512x512: use it where a test does not need the official input size.
+    """
+    with torch.device("meta"):
+        net = CodeFormer(**asdict(config))
+    net.load_state_dict(random_state_dict(net, seed), assign=True)
+    return net.eval()
+
+
+def _save(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        torch.save({WRAPPER_KEY: dict(state)}, temporary)
+    return path
+
+
+def write_codeformer_checkpoint(path: str | Path, variant: str = "codeformer", seed: int = 0) -> Path:
+    """Write a random CodeFormer checkpoint in the layout of the official ``variant`` file; returns ``path``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    with torch.device("meta"):  # only the names and shapes are needed
+        net = CodeFormer(**asdict(VARIANTS[variant]))
+    return _save(random_state_dict(net, seed), path)
+
+
+def write_vqgan_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Write a random VQGAN checkpoint in the layout of ``vqgan_code1024.pth``; returns ``path``."""
+    with torch.device("meta"):
+        net = VQAutoEncoder()
+    return _save(random_state_dict(net, seed), path)
+
+
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "checkpoints"
+
+
+def cached_codeformer_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, variant: str = "codeformer", seed: int = 0
+) -> Path:
+    """The session's random ``variant`` checkpoint, written on first request (named like the official file)."""
+    path = _cache_dir(tmp_path_factory) / f"seed{seed}" / OFFICIAL_NAMES[variant]
+    return path if path.is_file() else write_codeformer_checkpoint(path, variant, seed)
+
+
+def cached_vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory, seed: int = 0) -> Path:
+    """The session's random VQGAN checkpoint, written on first request."""
+    path = _cache_dir(tmp_path_factory) / f"seed{seed}" / "vqgan_code1024.pth"
+    return path if path.is_file() else write_vqgan_checkpoint(path, seed)

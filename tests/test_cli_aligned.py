@@ -1,0 +1,184 @@
+"""End to end: the aligned-face commands (restore --has_aligned, colorization, inpainting) on small folders."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from codeformer.cli import colorize_main, inpaint_main, restore_main
+from codeformer.color import is_gray
+from codeformer.imageio import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    ok, data = cv2.imencode(path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> Path:
+    """Colour, gray, RGBA and non-ASCII-named faces, plus a file that is not a picture."""
+    folder = tmp_path_factory.mktemp("faces")
+    _write(folder / "colour.png", astronaut_bgr)
+    gray = cv2.cvtColor(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    _write(folder / "gray.jpg", gray)
+    rgba = np.dstack([astronaut_bgr, np.full(astronaut_bgr.shape[:2], 77, np.uint8)])
+    _write(folder / "alpha.png", rgba)
+    _write(folder / "宇航员.png", cv2.resize(astronaut_bgr, (300, 300)))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def restored_run(face_folder: Path, restoration_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("restored")
+    before = _digest(face_folder)
+    code = restore_main(["--has_aligned", "-i", str(face_folder), "-o", str(out), "-w", "0.7",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--suffix", "cf"])
+    return code, out, before
+
+
+def test_has_aligned_restores_each_readable_face(restored_run, face_folder: Path) -> None:
+    code, out, before = restored_run
+    assert code == 1  # one input failed
+    written = sorted(p.name for p in (out / "restored_faces").iterdir())
+    assert written == ["alpha_cf.png", "colour_cf.png", "gray_cf.png", "宇航员_cf.png"]
+    for name in written:
+        picture = read_image(out / "restored_faces" / name)
+        assert (picture.height, picture.width) == (512, 512)
+    assert _digest(face_folder) == before  # inputs untouched
+
+
+def test_has_aligned_keeps_gray_and_alpha(restored_run) -> None:
+    _, out, _ = restored_run
+    faces = out / "restored_faces"
+    assert is_gray(read_image(faces / "gray_cf.png").bgr)
+    assert not is_gray(read_image(faces / "colour_cf.png").bgr)
+    alpha = read_image(faces / "alpha_cf.png").alpha
+    assert alpha is not None and np.all(alpha == 77)
+
+
+def test_has_aligned_changes_the_face(restored_run, astronaut_bgr: np.ndarray) -> None:
+    _, out, _ = restored_run
+    restored = read_image(out / "restored_faces" / "colour_cf.png").bgr
+    assert np.abs(restored.astype(int) - astronaut_bgr.astype(int)).mean() > 1
+
+
+def test_failure_is_one_line_without_traceback(face_folder: Path, restoration_weights: Path, tmp_path: Path,
+                                              capfd: pytest.CaptureFixture[str]) -> None:
+    code = restore_main(["--has_aligned", "-i", str(face_folder / "broken.jpg"), "-o", str(tmp_path),
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "error: " in err and "broken.jpg" in err and "not a readable picture" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "restored_faces").exists() or not any((tmp_path / "restored_faces").iterdir())
+
+
+def test_skip_existing_and_default_output_root(face_folder: Path, restoration_weights: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, astronaut_bgr: np.ndarray) -> None:
+    monkeypatch.chdir(tmp_path)
+    inputs = tmp_path / "my faces"
+    inputs.mkdir()
+    _write(inputs / "a.png", astronaut_bgr)
+    _write(inputs / "b.png", astronaut_bgr[:, ::-1])
+    done = tmp_path / "results" / "my faces_0.5" / "restored_faces"  # the reference's default name
+    done.mkdir(parents=True)
+    (done / "a.png").write_bytes(b"already here")
+    code = restore_main(["--has_aligned", "-i", str(inputs) + "/", "--skip_existing",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-q"])
+    assert code == 0
+    assert (done / "a.png").read_bytes() == b"already here"  # skipped, not redone
+    assert read_image(done / "b.png").width == 512
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-w", "1.5"], "between 0 (best quality) and 1"),
+    (["-w", "abc"], "expected a number"),
+    (["--batch_size", "0"], "must be at least 1"),
+    (["--detection_model"], "expected one argument"),
+])
+def test_bad_options_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        restore_main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_old_flag_spellings_still_work() -> None:
+    from codeformer.cli import build_restore_parser
+
+    args = build_restore_parser().parse_args(["--w", "0.3", "--test_path", "x", "--upscale", "3"])
+    assert (args.fidelity_weight, args.input_path, args.upscale) == (0.3, "x", 3)
+
+
+def test_missing_input_path(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert restore_main(["--has_aligned", "-i", str(tmp_path / "nope"), "-q"]) == 1
+    assert "input path" in capfd.readouterr().err
+
+
+def test_offline_without_weights_names_url_and_path(tmp_path: Path, face_folder: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CODEFORMER_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # refused: same as no network
+    code = restore_main(["--has_aligned", "-i", str(face_folder), "-o", str(tmp_path / "out"),
+                         "--weights_dir", str(tmp_path / "w"), "--device", "cpu", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth" in err
+    assert str(tmp_path / "w" / "CodeFormer" / "codeformer.pth") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_colorization_end_to_end(face_folder: Path, colorization_weights: Path, tmp_path: Path,
+                                 capfd: pytest.CaptureFixture[str]) -> None:
+    code = colorize_main(["-i", str(face_folder), "-o", str(tmp_path), "--weights_dir", str(colorization_weights),
+                          "--device", "cpu", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1 and "broken.jpg" in err
+    assert "宇航员.png: 300x300 resized to 512x512" in err
+    outputs = sorted(p.name for p in tmp_path.iterdir())
+    assert outputs == ["alpha.png", "colour.png", "gray.png", "宇航员.png"]
+    colorized = read_image(tmp_path / "gray.png")
+    assert colorized.bgr.shape == (512, 512, 3) and colorized.source_channels == 3
+
+
+def test_inpainting_keeps_unpainted_pixels_exactly(tmp_path: Path, inpainting_weights: Path,
+                                                   astronaut_bgr: np.ndarray) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    painted = astronaut_bgr.copy()
+    cv2.line(painted, (150, 120), (330, 200), (255, 255, 255), 14)
+    cv2.circle(painted, (256, 300), 25, (255, 255, 255), -1)
+    _write(inputs / "masked.png", painted)
+    (inputs / "notes.png").write_text("not a picture")
+    out = tmp_path / "out"
+    code = inpaint_main(["-i", str(inputs), "-o", str(out), "--weights_dir", str(inpainting_weights),
+                         "--device", "cpu", "--suffix", "fill", "-q"])
+    assert code == 1  # notes.png failed, masked.png done
+    result = read_image(out / "masked_fill.png").bgr
+    hole = np.all(painted == 255, axis=2)
+    assert hole.sum() > 2000
+    assert np.array_equal(result[~hole], painted[~hole])  # bit-exact outside the strokes
+    assert np.abs(result[hole].astype(int) - 255).mean() > 5  # the strokes were filled
+
+
+def test_entry_point_scripts_run(tmp_path: Path) -> None:
+    for script in ("inference_codeformer.py", "inference_colorization.py", "inference_inpainting.py"):
+        done = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+        assert done.returncode == 0 and "--input_path" in done.stdout

