@@ -8,15 +8,16 @@ finished. They share :func:`prepare_aligned_face` and :meth:`FaceRestorer.restor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import cv2
 import numpy as np
+import torch
 
+from codeformer.archs import VQAutoEncoder
 from codeformer.color import is_gray, to_gray
 from codeformer.imageio import Picture
-from codeformer.restorer import FaceRestorer
+from codeformer.restorer import FaceRestorer, batch_to_crops, crops_to_batch
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +26,6 @@ FACE_SIZE = 512  # the networks' input and output resolution
 PAINT_VALUE = 255
 
 GrayMode = Literal["auto", "on", "off"]
-
-
-@dataclass(frozen=True)
-class AlignedFace:
-    """A face ready for the network plus what is needed to write the result like the input."""
-
-    crop: np.ndarray  # (512, 512, 3) BGR uint8
-    picture: Picture  # the decoded input (for its alpha)
-    paint_mask: np.ndarray | None = None  # (512, 512) bool: pixels to inpaint
 
 
 def prepare_aligned_face(picture: Picture, *, name: str, warn_on_resize: bool) -> np.ndarray:
@@ -91,3 +83,16 @@ def inpaint_aligned(
     network_inputs = [np.where(mask[:, :, None], np.uint8(PAINT_VALUE), crop) for crop, mask in zip(crops, masks)]
     filled = restorer.restore(network_inputs, w=1.0, adain=False, batch_size=batch_size)
     return [np.where(mask[:, :, None], out, crop) for crop, mask, out in zip(crops, masks, filled)]
+
+
+def reconstruct_aligned(
+    vqgan: VQAutoEncoder, crops: Sequence[np.ndarray], *, batch_size: int = 4
+) -> list[np.ndarray]:
+    """Pass aligned crops through the VQGAN alone: encoder, nearest codebook entries, generator."""
+    device = next(vqgan.parameters()).device
+    reconstructed: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            images, _codes = vqgan(crops_to_batch(crops[start:start + batch_size], device))  # (n, 3, 512, 512)
+            reconstructed += batch_to_crops(images)
+    return reconstructed

@@ -32,6 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESTORATION_CHECKPOINT = "CodeFormer/codeformer.pth"
 COLORIZATION_CHECKPOINT = "CodeFormer/codeformer_colorization.pth"
 INPAINTING_CHECKPOINT = "CodeFormer/codeformer_inpainting.pth"
+VQGAN_CHECKPOINT = "CodeFormer/vqgan_code1024.pth"
 
 
 # ----------------------------------------------------------------------------------------- logging
@@ -180,16 +181,29 @@ def _run_guarded(body: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
 
 
-def _load_restorer(checkpoint_key: str, args: argparse.Namespace):
-    from codeformer.device import resolve_device
+def _load_codeformer(path: Path, device):
     from codeformer.restorer import FaceRestorer
+
+    return FaceRestorer.from_file(path, device=device)
+
+
+def _load_vqgan(path: Path, device):
+    from codeformer.archs import build_vqgan
+    from codeformer.weights import load_state_dict
+
+    return build_vqgan(load_state_dict(path, map_location=device), source=str(path)).to(device)
+
+
+def _load_network(job: "_AlignedJob", args: argparse.Namespace):
+    """The job's network: ``--ckpt_path`` if given, else its registry file (downloaded on first use)."""
+    from codeformer.device import resolve_device
     from codeformer.weights import weight_path
 
     device = resolve_device(args.device)
-    path = weight_path(checkpoint_key, args.weights_dir)
-    restorer = FaceRestorer.from_file(path, device=device)
+    path = Path(args.ckpt_path) if getattr(args, "ckpt_path", None) else weight_path(job.checkpoint, args.weights_dir)
+    network = job.loader(path, device)
     logger.info("network: %s on %s", path.name, device)
-    return restorer
+    return network
 
 
 # --------------------------------------------------------------------------------- aligned faces
@@ -205,6 +219,7 @@ class _AlignedJob:
     warn_on_resize: bool
     needs_paint_mask: bool
     process: Callable[[object, list[np.ndarray], list[np.ndarray | None], argparse.Namespace], list[np.ndarray]]
+    loader: Callable[[Path, object], object] = _load_codeformer
 
 
 def _run_aligned(args: argparse.Namespace, job: _AlignedJob, out_dir: Path, out_root: Path) -> int:
@@ -212,7 +227,7 @@ def _run_aligned(args: argparse.Namespace, job: _AlignedJob, out_dir: Path, out_
 
     inputs = collect_images(args.input_path)
     ensure_writable_folder(out_dir)
-    restorer = _load_restorer(job.checkpoint, args)
+    network = _load_network(job, args)
     stems = output_stems(inputs)
 
     def target(path: Path) -> Path:
@@ -225,7 +240,7 @@ def _run_aligned(args: argparse.Namespace, job: _AlignedJob, out_dir: Path, out_
         return picture, crop, mask
 
     def process(items: list) -> list:
-        outputs = job.process(restorer, [crop for _, crop, _ in items], [mask for _, _, mask in items], args)
+        outputs = job.process(network, [crop for _, crop, _ in items], [mask for _, _, mask in items], args)
         return [picture.with_alpha(out) for (picture, _, _), out in zip(items, outputs)]
 
     def save(path: Path, result: np.ndarray) -> None:
@@ -369,6 +384,34 @@ def inpaint_main(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                                              "512x512 faces; every other pixel is kept exactly.")
 
 
+def _reconstruct_faces(vqgan, crops, _masks, args) -> list[np.ndarray]:
+    from codeformer.aligned import reconstruct_aligned
+
+    return reconstruct_aligned(vqgan, crops, batch_size=args.batch_size)
+
+
+def vqgan_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``scripts/inference_vqgan.py``: reconstruct aligned faces through the VQGAN alone."""
+    parser = _new_parser(prog, "Reconstruct aligned 512x512 faces through the VQGAN (encoder, codebook, "
+                               "generator), e.g. to see what the codebook can represent.")
+    parser.add_argument("-i", "--input_path", "--test_path", dest="input_path", default="./inputs/cropped_faces",
+                        help="input picture or folder of aligned faces")
+    parser.add_argument("-o", "--output_path", "--save_root", dest="output_path", default="results/vqgan_rec",
+                        help="output folder")
+    parser.add_argument("--suffix", default=None, help="suffix added to output file names")
+    parser.add_argument("--ckpt_path", default=None,
+                        help="VQGAN checkpoint (default: CodeFormer/vqgan_code1024.pth in the weights root)")
+    parser.add_argument("--codebook_size", type=_int_at_least(1), default=None,
+                        help="accepted for compatibility: the codebook size is read from the checkpoint")
+    _add_runtime_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    job = _AlignedJob(VQGAN_CHECKPOINT, "reconstructed", "reconstructing", warn_on_resize=True,
+                      needs_paint_mask=False, process=_reconstruct_faces, loader=_load_vqgan)
+    out_root = Path(args.output_path)
+    return _run_guarded(lambda: _run_aligned(args, job, out_root, out_root))
+
+
 # --------------------------------------------------------------------------------------- weights
 
 
@@ -420,10 +463,10 @@ def download_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``codeformer`` console script: ``codeformer [restore] ...``, ``codeformer colorize ...``,
-    ``codeformer inpaint ...``, ``codeformer download ...``."""
+    ``codeformer inpaint ...``, ``codeformer vqgan ...``, ``codeformer download ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"restore": restore_main, "colorize": colorize_main, "inpaint": inpaint_main,
-                "download": download_main}
+                "vqgan": vqgan_main, "download": download_main}
     if argv and argv[0] in commands:
         name = argv.pop(0)
         return commands[name](argv, prog=f"codeformer {name}")

@@ -182,3 +182,30 @@ def test_entry_point_scripts_run(tmp_path: Path) -> None:
         done = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
                               cwd=tmp_path, timeout=120)
         assert done.returncode == 0 and "--input_path" in done.stdout
+
+
+def test_vqgan_reconstruction_script(face_folder: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
+    from checkpoint_factory import cached_vqgan_checkpoint
+
+    checkpoint = cached_vqgan_checkpoint(tmp_path_factory)
+    out = tmp_path / "rec"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "inference_vqgan.py"), "-i", str(face_folder), "-o", str(out),
+         "--ckpt_path", str(checkpoint), "--device", "cpu", "-q"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 1 and "broken.jpg" in done.stderr and "Traceback" not in done.stderr
+    outputs = sorted(p.name for p in out.iterdir())
+    assert outputs == ["alpha.png", "colour.png", "gray.png", "宇航员.png"]
+    assert read_image(out / "colour.png").bgr.shape == (512, 512, 3)
+
+
+def test_vqgan_rejects_a_codeformer_checkpoint(face_folder: Path, restoration_weights: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import vqgan_main
+
+    code = vqgan_main(["-i", str(face_folder / "colour.png"), "-o", str(tmp_path), "--device", "cpu", "-q",
+                       "--ckpt_path", str(restoration_weights / "CodeFormer" / "codeformer.pth")])
+    err = capfd.readouterr().err
+    assert code == 1 and "is a CodeFormer checkpoint, not a VQGAN one" in err and "Traceback" not in err
