@@ -412,6 +412,69 @@ def vqgan_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     return _run_guarded(lambda: _run_aligned(args, job, out_root, out_root))
 
 
+# ---------------------------------------------------------------------------------- face cropping
+
+
+def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``scripts/crop_align_face.py``: FFHQ-style aligned 512x512 faces from whole photos."""
+    parser = _new_parser(prog, "Crop and align the faces of whole photos the FFHQ way (dlib 68-point landmarks), "
+                               "ready for --has_aligned, colorization and inpainting.")
+    parser.add_argument("-i", "--input_path", "--in_dir", dest="input_path", default="./inputs/whole_imgs",
+                        help="input picture or folder")
+    parser.add_argument("-o", "--output_path", "--out_dir", dest="output_path", default="./inputs/cropped_faces",
+                        help="output folder")
+    parser.add_argument("--only_keep_largest", action="store_true",
+                        help="keep only the largest face of each picture, saved as <name>.png "
+                             "(default: every face, saved as <name>_00.png, <name>_01.png, ... in detection order)")
+    parser.add_argument("--enable_padding", action="store_true",
+                        help="fill the part of a crop outside the photo with blurred mirrored content (as FFHQ) "
+                             "instead of black (as the reference script)")
+    parser.add_argument("--weights_dir", default=None,
+                        help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
+    parser.add_argument("--skip_existing", action="store_true", help="skip pictures whose faces are already there")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        from codeformer.face.ffhq_align import crop_align_faces, load_dlib_models
+
+        inputs = collect_images(args.input_path)
+        out_dir = Path(args.output_path)
+        ensure_writable_folder(out_dir)
+        detector, predictor = load_dlib_models(args.weights_dir)
+        stems = output_stems(inputs)
+        counts = {"faces": 0, "faceless": 0}
+
+        def first_output(path: Path) -> Path:
+            return out_dir / (f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_00.png")
+
+        def process(pictures: list) -> list:
+            return [crop_align_faces(picture.bgr8(), detector, predictor, only_keep_largest=args.only_keep_largest,
+                                     enable_padding=args.enable_padding) for picture in pictures]
+
+        def save(path: Path, faces: list[np.ndarray]) -> None:
+            if not faces:
+                logger.warning("%s: no face found", path.name)
+                counts["faceless"] += 1
+                return
+            for index, face in enumerate(faces):
+                name = f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_{index:02d}.png"
+                write_image(out_dir / name, face)
+            counts["faces"] += len(faces)
+
+        batch = Batch(load=read_image, process=process, save=save,
+                      is_done=(lambda path: first_output(path).is_file()) if args.skip_existing else None)
+        report = run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet)
+        logger.info("%d faces from %d pictures (%d without a face), skipped %d, failed %d; results in %s",
+                    counts["faces"], report.done - counts["faceless"], counts["faceless"], report.skipped,
+                    report.failed, out_dir)
+        return report.exit_code
+
+    return _run_guarded(body)
+
+
 # --------------------------------------------------------------------------------------- weights
 
 
@@ -463,10 +526,10 @@ def download_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``codeformer`` console script: ``codeformer [restore] ...``, ``codeformer colorize ...``,
-    ``codeformer inpaint ...``, ``codeformer vqgan ...``, ``codeformer download ...``."""
+    ``codeformer inpaint ...``, ``codeformer vqgan ...``, ``codeformer crop ...``, ``codeformer download ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"restore": restore_main, "colorize": colorize_main, "inpaint": inpaint_main,
-                "vqgan": vqgan_main, "download": download_main}
+                "vqgan": vqgan_main, "crop": crop_main, "download": download_main}
     if argv and argv[0] in commands:
         name = argv.pop(0)
         return commands[name](argv, prog=f"codeformer {name}")
