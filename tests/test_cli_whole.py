@@ -180,3 +180,71 @@ def test_video_end_to_end(tmp_path: Path, restoration_weights: Path, parsing_wei
     region = (slice(60, 180), slice(170, 270))  # the face, at 512 px
     assert np.abs(frames[0][region].astype(int) - reference[region].astype(int)).mean() > 10
     assert sorted(p.name for p in out.iterdir()) == ["clip_v.mp4"]  # no frames on disk by default
+
+
+@pytest.fixture(scope="module")
+def small_upsamplers(tmp_path_factory: pytest.TempPathFactory, restoration_weights: Path) -> dict[str, Path]:
+    """Tiny spandrel-loadable ESRGANs: a x2 at the registry path (for --face_upsample alone) and a x4 file."""
+    from upsampler_factory import SMALL_FEAT, random_state_dict, rrdbnet_layout, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("upsamplers")
+    x2 = random_state_dict(rrdbnet_layout(num_feat=SMALL_FEAT, num_block=1, unshuffle=2), seed=3)
+    x4 = random_state_dict(rrdbnet_layout(num_feat=SMALL_FEAT, num_block=1, unshuffle=1), seed=4)
+    return {
+        "x2": save_checkpoint(folder / "tiny_x2.pth", x2),
+        "x4": save_checkpoint(folder / "tiny_x4.pth", x4),
+        "registry": save_checkpoint(restoration_weights / "realesrgan" / "RealESRGAN_x2plus.pth", x2),
+    }
+
+
+def _run_upsampled(tmp_path: Path, weights: Path, picture: Path, *extra: str) -> np.ndarray:
+    out = tmp_path / "_".join(e.strip("-").replace("/", "_")[-12:] for e in extra)
+    code = restore_main(["-i", str(picture), "-o", str(out), "--detection_model", "dlib", "--no_parse",
+                         "--weights_dir", str(weights), "--device", "cpu", "-q", *extra])
+    assert code == 0
+    return read_image(out / "final_results" / "astro.png").bgr
+
+
+def test_face_upsample_changes_faces_and_keeps_sizes(tmp_path: Path, restoration_weights: Path,
+                                                     small_upsamplers: dict[str, Path],
+                                                     astronaut_bgr: np.ndarray) -> None:
+    picture = _save(tmp_path / "astro.png", astronaut_bgr)
+    x2 = str(small_upsamplers["x2"])
+    background_only = _run_upsampled(tmp_path, restoration_weights, picture, "--bg_upsampler", x2)
+    with_faces = _run_upsampled(tmp_path, restoration_weights, picture, "--bg_upsampler", x2, "--face_upsample")
+    assert background_only.shape == with_faces.shape == (1024, 1024, 3)
+    region = _face_region(2)
+    assert np.abs(with_faces[region].astype(int) - background_only[region].astype(int)).mean() > 2
+    assert np.array_equal(_outside(with_faces, 2), _outside(background_only, 2))
+    # The background really went through the model (not a plain resize).
+    plain = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(_outside(background_only, 2).astype(int) - _outside(plain, 2).astype(int)).mean() > 2
+
+    # --face_upsample alone: the registry upsampler for the faces, a plain resize for the background.
+    faces_only = _run_upsampled(tmp_path, restoration_weights, picture, "--face_upsample", "-s", "3")
+    assert faces_only.shape == (1536, 1536, 3)
+    plain3 = cv2.resize(astronaut_bgr, (1536, 1536), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(_outside(faces_only, 3), _outside(plain3, 3))
+
+
+def test_x4_upsampler_gives_exactly_input_times_s(tmp_path: Path, restoration_weights: Path,
+                                                  small_upsamplers: dict[str, Path],
+                                                  astronaut_bgr: np.ndarray) -> None:
+    picture = _save(tmp_path / "astro.png", cv2.resize(astronaut_bgr, (333, 251)))  # odd sizes
+    final = _run_upsampled(tmp_path, restoration_weights, picture, "--bg_upsampler", str(small_upsamplers["x4"]),
+                           "--bg_tile", "128")
+    assert final.shape == (502, 666, 3)
+
+
+def test_unsupported_upsampler_file_is_a_clear_error(tmp_path: Path, restoration_weights: Path,
+                                                     astronaut_bgr: np.ndarray,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    picture = _save(tmp_path / "astro.png", astronaut_bgr)
+    bogus = tmp_path / "not_a_model.pth"
+    import torch
+
+    torch.save({"weight": torch.ones(3, 3)}, bogus)
+    code = restore_main(["-i", str(picture), "-o", str(tmp_path / "out"), "--bg_upsampler", str(bogus), "--no_parse",
+                         "--detection_model", "dlib", "--weights_dir", str(restoration_weights), "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert code == 1 and "not_a_model.pth" in err and "Traceback" not in err
