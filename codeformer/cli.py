@@ -114,7 +114,7 @@ def _positive_float(text: str) -> float:
 
 def _add_io_arguments(parser: argparse.ArgumentParser, *, default_input: str, output_help: str) -> None:
     parser.add_argument("-i", "--input_path", "--test_path", dest="input_path", default=default_input,
-                        help=f"input picture or folder (default: {default_input})")
+                        help="input picture or folder")
     parser.add_argument("-o", "--output_path", default=None, help=output_help)
     parser.add_argument("--suffix", default=None, help="suffix added to output file names")
 
@@ -133,10 +133,20 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (codeformer {__version__})")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something: not None/False, not already in the help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _new_parser(prog: str | None, description: str) -> argparse.ArgumentParser:
     # allow_abbrev=False: a shortened flag must never silently mean another one (--w is not --weights_dir).
     return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=_HelpFormatter)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -467,9 +477,10 @@ def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int
         batch = Batch(load=read_image, process=process, save=save,
                       is_done=(lambda path: first_output(path).is_file()) if args.skip_existing else None)
         report = run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet)
-        logger.info("%d faces from %d pictures (%d without a face), skipped %d, failed %d; results in %s",
-                    counts["faces"], report.done - counts["faceless"], counts["faceless"], report.skipped,
-                    report.failed, out_dir)
+        with_faces = report.done - counts["faceless"]
+        logger.info("%d face%s from %d picture%s (%d without a face), skipped %d, failed %d; results in %s",
+                    counts["faces"], "" if counts["faces"] == 1 else "s", with_faces, "" if with_faces == 1 else "s",
+                    counts["faceless"], report.skipped, report.failed, out_dir)
         return report.exit_code
 
     return _run_guarded(body)

@@ -236,3 +236,12 @@ def test_download_script_verify_and_offline(tmp_path: Path, monkeypatch: pytest.
     assert "BAD  CodeFormer/codeformer.pth: missing" in out
     assert "ok   dlib/shape_predictor_5_face_landmarks-c4b1e980.dat" in out or "dlib" not in out
     assert download_main(["dlib", "--verify"]) in (0, 1)
+
+
+def test_download_shows_a_progress_bar_sized_from_the_server(server: _Server, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    server.routes["/model.pth"] = ("ok", PAYLOAD)
+    weights.download_file(f"{server.url}/model.pth", tmp_path / "model.pth",
+                          sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=True, timeout=5)
+    bar = capsys.readouterr().err
+    assert "model.pth" in bar and "/1.00M" in bar  # named, and sized from Content-Length
