@@ -8,4 +8,4 @@ import sys
 from codeformer.cli import restore_main
 
 if __name__ == "__main__":
-    sys.exit(restore_main())
+    sys.exit(restore_main(tune_runtime=True))

@@ -5,4 +5,4 @@ import sys
 from codeformer.cli import colorize_main
 
 if __name__ == "__main__":
-    sys.exit(colorize_main())
+    sys.exit(colorize_main(tune_runtime=True))

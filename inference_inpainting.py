@@ -5,4 +5,4 @@ import sys
 from codeformer.cli import inpaint_main
 
 if __name__ == "__main__":
-    sys.exit(inpaint_main())
+    sys.exit(inpaint_main(tune_runtime=True))

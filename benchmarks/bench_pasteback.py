@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +26,7 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from codeformer.face.alignment import FACE_SIZE, warp_face  # noqa: E402
 from codeformer.face.pasteback import (  # noqa: E402
     PastedFace,
@@ -86,29 +85,10 @@ def timed(function: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
 
 
 def machine() -> dict[str, object]:
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    def cpu_model() -> str:
-        try:
-            lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return "unknown"
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-
     return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **describe_machine(),
         "opencv_threads": cv2.getNumThreads(),
         "load_average_1min": os.getloadavg()[0],  # the machine is shared: context for the timings
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "numpy": np.__version__,
-        "cv2": cv2.__version__,
     }
 
 

@@ -10,7 +10,11 @@ should, so the two costs are measured apart, each in its own process (so each pe
   replaced by a nearest-neighbour x2 stand-in, to measure the tiling machinery's time and peak
   memory at full size (the memory bound does not depend on the network's arithmetic).
 
-Usage, from the repository root: ``python -m benchmarks.bench_upsampler [--crops 2] [--out PATH]``
+- full (``--full``, about ten minutes on two cores): the whole 4000x3000 picture through the real
+  network, tile 400, with the command line's runtime settings
+  (:func:`codeformer.precision.configure_cpu_runtime`): the measured time and peak memory.
+
+Usage, from the repository root: ``python -m benchmarks.bench_upsampler [--crops 2] [--full] [--out PATH]``
 (default ``benchmarks/results/upsampler.json``).
 Prints the numbers and writes them, with a machine description, as JSON.
 """
@@ -21,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ import skimage.data
 import spandrel
 import torch
 
+from benchmarks.machine import describe_machine, peak_rss_mib
 from codeformer.upsampler import Upsampler, load_upsampler, tile_grid
 
 PICTURE_HW = (3000, 4000)  # a 12-megapixel photo, landscape
@@ -45,7 +48,6 @@ NUM_FEAT, NUM_BLOCK, GROW, UNSHUFFLE = 64, 23, 32, 2
 # Real-ESRGAN initialises dense-block convs at 0.1 x Kaiming; the same keeps activations away from
 # the denormal range, where CPU convolutions slow down by orders of magnitude.
 BODY_INIT_SCALE = 0.1
-KIB = 1024
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
@@ -74,10 +76,6 @@ def test_picture() -> np.ndarray:
     """The astronaut photo resized to 4000x3000, BGR uint8."""
     rgb = skimage.data.astronaut()
     return np.ascontiguousarray(cv2.resize(rgb, PICTURE_HW[::-1], interpolation=cv2.INTER_CUBIC)[:, :, ::-1])
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB  # ru_maxrss is KiB on Linux
 
 
 def phase_network(crops: int) -> dict[str, object]:
@@ -158,27 +156,31 @@ def phase_pipeline() -> dict[str, object]:
     }
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def phase_full() -> dict[str, object]:
+    """The whole 4000x3000 picture through random RealESRGAN_x2plus weights, tile 400, as the command runs."""
+    from codeformer.precision import configure_cpu_runtime
+
+    settings = configure_cpu_runtime()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "RealESRGAN_x2plus.pth"
+        torch.save({"params_ema": x2plus_state_dict()}, path)
+        upsampler = load_upsampler(path, device=torch.device("cpu"), tile=TILE, tile_pad=TILE_PAD)
+    picture = test_picture()
+    start = time.perf_counter()
+    result = upsampler.upscale(picture, OUTSCALE)
+    seconds = time.perf_counter() - start
     return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "spandrel": spandrel.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
+        "describe": upsampler.describe(),
+        "runtime_settings": settings,
+        "output_hw": list(result.shape[:2]),
+        "seconds_full_picture": round(seconds, 1),
+        "seconds_per_megapixel": round(seconds / (PICTURE_HW[0] * PICTURE_HW[1] / 1e6), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
+
+
+def machine() -> dict[str, object]:
+    return {**describe_machine(), "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
 
 
 def run_phase(name: str, *extra: str) -> dict[str, object]:
@@ -194,8 +196,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=2, help="interior-tile crops timed through the network")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "upsampler.json")
-    parser.add_argument("--phase", choices=["network", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--full", action="store_true",
+                        help="also run the whole picture through the real network (about ten minutes)")
+    parser.add_argument("--phase", choices=["network", "pipeline", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase == "full":
+        print(json.dumps(phase_full()))
+        return
     if args.phase == "network":
         print(json.dumps(phase_network(args.crops)))
         return
@@ -214,6 +221,8 @@ def main() -> None:
         "pipeline_stub_network": run_phase("pipeline"),
         "network_realesrgan_x2plus_random": run_phase("network", "--crops", str(args.crops)),
     }
+    if args.full:
+        results["full_picture_realesrgan_x2plus_random"] = run_phase("full")
     text = json.dumps(results, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

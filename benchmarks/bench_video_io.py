@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -100,31 +99,16 @@ def _run_child(*args: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _machine() -> dict:
     import av
-    import numpy
 
+    from benchmarks.machine import describe_machine
     from codeformer.video import h264_encoder
 
     return {
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
+        **describe_machine(),
         "pyav": av.__version__,
         "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
-        "numpy": numpy.__version__,
         "h264_encoder": h264_encoder(),
     }
 

@@ -14,11 +14,14 @@ def _mps_available() -> bool:
     return backend is not None and backend.is_available()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda`` (or ``cuda:<index>``) or ``mps``.
 
-    Asking for a GPU PyTorch cannot see raises :class:`CodeFormerError` instead of failing later.
+    A ``torch.device`` is returned as it is. Asking for a GPU PyTorch cannot see raises
+    :class:`CodeFormerError` instead of failing later.
     """
+    if isinstance(name, torch.device):
+        return name
     kind, _, index = name.strip().lower().partition(":")
     if kind == "auto" and not index:
         if torch.cuda.is_available():

@@ -3,13 +3,16 @@
 Pre- and post-processing match the reference inference scripts exactly: BGR uint8 -> RGB float32
 ``(x / 255 - 0.5) / 0.5``; the output is clamped to [-1, 1], mapped back to [0, 255], rounded
 half-to-even (like ``numpy.round``) and converted to BGR uint8.
+
+The network runs in a precision mode (:mod:`codeformer.precision`: ``fp32``, ``bf16``, ``fp16`` or
+``auto``) and, on request, with its generator compiled by ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +20,7 @@ import torch
 from codeformer.archs import CodeFormer, build_codeformer
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError
+from codeformer.precision import apply_precision, cpu_has_native_bf16, describe_precision, resolve_precision
 from codeformer.weights import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -42,27 +46,102 @@ def batch_to_crops(images: torch.Tensor) -> list[np.ndarray]:
     return list(bgr.cpu().numpy())
 
 
+# The generator pass: (code features, encoder features by resolution, w) -> images.
+Decoder = Callable[[torch.Tensor, Mapping[str, torch.Tensor], float], torch.Tensor]
+# Characters of a compile error kept in the one-line warning.
+_ERROR_CHARS = 200
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "no details"
+    return f"{type(error).__name__}: {text[:_ERROR_CHARS]}"
+
+
+class _CompiledOrEager:
+    """``torch.compile(function)``, falling back to ``function`` itself (with one warning) if compiling fails.
+
+    Compilation happens on the first call (and again for each new fidelity weight, which dynamo
+    specialises on); an error there, or a torch build without a working compiler, switches to the
+    eager function for good.
+    """
+
+    def __init__(self, function: Decoder) -> None:
+        self._eager = function
+        self._compiled: Decoder | None
+        try:
+            self._compiled = torch.compile(function)
+        except Exception as error:  # noqa: BLE001 - any failure means: run eagerly
+            self._fall_back(error)
+
+    @property
+    def active(self) -> bool:
+        """Whether calls still go through the compiled function."""
+        return self._compiled is not None
+
+    def _fall_back(self, error: BaseException) -> None:
+        logger.warning("torch.compile failed (%s); running the network uncompiled", _one_line(error))
+        self._compiled = None
+
+    def __call__(self, *args: object) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as error:  # noqa: BLE001
+                self._fall_back(error)
+        return self._eager(*args)
+
+
 class FaceRestorer:
-    """A CodeFormer network on a device, restoring lists of aligned face crops.
+    """A CodeFormer network on a device, in a precision mode, restoring lists of aligned face crops.
+
+    ``precision`` is one of ``auto``, ``fp32`` (default: the reference's arithmetic), ``bf16`` or
+    ``fp16`` (see :mod:`codeformer.precision`); :attr:`precision` holds the resolved mode.
+    ``compile=True`` compiles the generator with ``torch.compile`` (falling back to eager with a
+    warning); it pays off on GPUs, not on CPUs. The restorer converts ``net`` in place.
 
     Example::
 
-        restorer = FaceRestorer.from_file("weights/CodeFormer/codeformer.pth", device="auto")
+        restorer = FaceRestorer.from_file("weights/CodeFormer/codeformer.pth", device="auto", precision="auto")
+        logger.info("restoring in %s", restorer.precision)
         restored = restorer.restore(crops, w=0.5)
     """
 
-    def __init__(self, net: CodeFormer, device: torch.device | str = "auto") -> None:
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    def __init__(
+        self, net: CodeFormer, device: torch.device | str = "auto", *, precision: str = "fp32", compile: bool = False
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning("this CPU has no native bfloat16 instructions: bf16 will be slower than fp32")
         self.net = net.eval().to(self.device)
+        apply_precision(self.net, self.precision, self.device)
+        self._decode: Decoder | _CompiledOrEager = _CompiledOrEager(self.net.decode) if compile else self.net.decode
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], device: torch.device | str = "auto") -> FaceRestorer:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        device: torch.device | str = "auto",
+        *,
+        precision: str = "fp32",
+        compile: bool = False,
+    ) -> FaceRestorer:
         """Load a CodeFormer checkpoint (any official variant; hyperparameters read from the file)."""
-        # The device first: a wrong --device fails before a 370 MB file is read.
-        target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        # Device and precision first: a wrong --device or --precision fails before a 370 MB file is read.
+        target = resolve_device(device)
+        resolve_precision(precision, target)
         net = build_codeformer(load_state_dict(path, map_location=target), source=str(path))
         logger.debug("loaded CodeFormer %s from %s on %s", net.config, path, target)
-        return cls(net, target)
+        return cls(net, target, precision=precision, compile=compile)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the generator runs through ``torch.compile`` (False after a fallback to eager)."""
+        return isinstance(self._decode, _CompiledOrEager) and self._decode.active
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``cpu, bf16 (code prediction in fp32, generator in bf16)``."""
+        return f"{self.device}, {describe_precision(self.precision)}{', compiled' if self.compiled else ''}"
 
     @property
     def image_size(self) -> int:
@@ -88,9 +167,14 @@ class FaceRestorer:
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 batch = crops_to_batch(crops[start : start + batch_size], self.device)  # (n, 3, S, S)
-                images, _, _ = self.net(batch, w=w, adain=adain)
-                restored += batch_to_crops(images)
+                restored += batch_to_crops(self._forward(batch, w, adain))
         return restored
+
+    def _forward(self, batch: torch.Tensor, w: float, adain: bool) -> torch.Tensor:
+        """``self.net(batch, w, adain)[0]`` with the generator pass through :attr:`_decode` (maybe compiled)."""
+        lq_feat, features = self.net.encode(batch)  # (n, 256, h, w), float32
+        quant_feat = self.net.code_features(self.net.predict_logits(lq_feat), lq_feat, adain=adain)
+        return self._decode(quant_feat, features, w)  # (n, 3, S, S) float32
 
     def predict_codes(self, crops: Sequence[np.ndarray], *, batch_size: int = 4) -> np.ndarray:
         """The codebook indices the Transformer predicts for each crop: (N, latent_size) int64.

@@ -51,14 +51,15 @@ def load_models(args: argparse.Namespace) -> Models:
         face_upsampler = upsampler if args.face_upsample else None
         logger.info("upsampler: %s (background: %s, faces: %s)", upsampler.describe(),
                     "yes" if bg_upsampler else "no", "yes" if face_upsampler else "no")
-    restorer = FaceRestorer.from_file(weight_path(RESTORATION_CHECKPOINT, args.weights_dir), device=device)
+    restorer = FaceRestorer.from_file(weight_path(RESTORATION_CHECKPOINT, args.weights_dir), device=device,
+                                      precision=args.precision, compile=args.compile)
     detector = load_detector(args.detection_model, device=device, weights_dir=args.weights_dir)
     parser = None
     if not args.no_parse:
         from codeformer.face.parsing import load_face_parser
 
         parser = load_face_parser(device=device, weights_dir=args.weights_dir)
-    logger.info("face detector: %s; network on %s", args.detection_model, device)
+    logger.info("face detector: %s; network: %s", args.detection_model, restorer.describe())
     return Models(restorer, detector, parser, bg_upsampler, face_upsampler)
 
 

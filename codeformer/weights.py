@@ -391,3 +391,14 @@ def load_state_dict(path: str | os.PathLike[str], *, map_location: str | torch.d
     ):
         raise CodeFormerError(f"checkpoint {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def load_strict(network: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str], what: str) -> None:
+    """Load ``state`` into ``network`` with every name and shape matching, else a one-line error naming the file."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
+        raise CodeFormerError(
+            f"{path} is not a {what} checkpoint ({first_line}); if it was downloaded, delete it and run again"
+        ) from None

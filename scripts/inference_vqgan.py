@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from codeformer.cli import vqgan_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(vqgan_main())
+    sys.exit(vqgan_main(tune_runtime=True))

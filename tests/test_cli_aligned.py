@@ -209,3 +209,22 @@ def test_vqgan_rejects_a_codeformer_checkpoint(face_folder: Path, restoration_we
                        "--ckpt_path", str(restoration_weights / "CodeFormer" / "codeformer.pth")])
     err = capfd.readouterr().err
     assert code == 1 and "is a CodeFormer checkpoint, not a VQGAN one" in err and "Traceback" not in err
+
+
+def test_precision_auto_is_reported_and_fp16_on_cpu_refused(face_folder: Path, restoration_weights: Path,
+                                                            tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from codeformer.precision import describe_precision, resolve_precision
+
+    code = restore_main(["--has_aligned", "-i", str(face_folder / "colour.png"), "-o", str(tmp_path),
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--precision", "auto"])
+    err = capfd.readouterr().err
+    assert code == 0
+    assert describe_precision(resolve_precision("auto", torch.device("cpu"))) in err
+    assert read_image(tmp_path / "restored_faces" / "colour.png").width == 512
+
+    code = restore_main(["--has_aligned", "-i", str(face_folder / "colour.png"), "-o", str(tmp_path / "x"),
+                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--precision", "fp16", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1 and "fp16" in err and "Traceback" not in err

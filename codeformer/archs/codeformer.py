@@ -157,8 +157,10 @@ class FuseSFTBlock(nn.Module):
 
     def forward(self, enc_feat: torch.Tensor, dec_feat: torch.Tensor, w: float) -> torch.Tensor:  # (N, C, H, W)
         cond = self.encode_enc(torch.cat([enc_feat, dec_feat], dim=1))  # (N, C, H, W)
-        residual = w * (dec_feat * self.scale(cond) + self.shift(cond))
-        return dec_feat + residual
+        scale = self.scale(cond)
+        # dec + w * (dec * scale + shift), in place on the fresh `shift` (no new full-size tensors)
+        residual = self.shift(cond).addcmul_(dec_feat, scale)
+        return residual.mul_(w).add_(dec_feat)
 
 
 class CodeFormer(nn.Module):
@@ -211,6 +213,29 @@ class CodeFormer(nn.Module):
         # block index -> connect_list entry, for the encoder taps and the generator fusions
         self._encoder_taps = {ENCODER_FEATURE_BLOCK[size]: size for size in connect_list}
         self._generator_fusions = {GENERATOR_FUSE_BLOCK[size]: size for size in connect_list}
+        self._decoder_layout = torch.contiguous_format  # see set_decoder_precision
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        """The dtype the generator and the fusion blocks compute in (float32 unless set otherwise)."""
+        return self.generator.blocks[0].weight.dtype
+
+    def set_decoder_precision(self, dtype: torch.dtype = torch.float32, *, channels_last: bool = False) -> CodeFormer:
+        """Run what comes after the code prediction (generator, fusion blocks) in ``dtype``, NHWC if ``channels_last``.
+
+        The encoder, the Transformer, the codebook and AdaIN always stay float32 in plain NCHW: they
+        decide the code tokens, and the tokens are the fragile part. A random-weight network picks
+        its tokens by margins so thin that bfloat16 anywhere in the encoder changes a few percent of
+        them, and even the channels-last float32 conv kernels (a few times the rounding error of the
+        NCHW ones) change about one in 3000. A changed token swaps a 32x32 patch of the output; after
+        the prediction, rounding only moves pixel values. ``net(x)`` still returns float32 NCHW.
+        Call after moving the network to its device. Returns the network.
+        """
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.generator.to(dtype=dtype, memory_format=layout)
+        self.fuse_convs_dict.to(dtype=dtype, memory_format=layout)
+        self._decoder_layout = layout
+        return self
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``lq_feat`` (N, 256, h, w) and the encoder features the fusion blocks use, by connect_list entry."""
@@ -233,24 +258,35 @@ class CodeFormer(nn.Module):
         return self.idx_pred_layer(tokens)  # (N, L, K)
 
     def decode(self, quant_feat: torch.Tensor, features: Mapping[str, torch.Tensor], w: float) -> torch.Tensor:
-        """Generator pass over the codebook latents (N, 256, h, w), CFT-fused with ``features`` when w > 0."""
-        x = quant_feat
+        """Generator pass over the codebook latents (N, 256, h, w), CFT-fused with ``features`` when w > 0.
+
+        Runs in :attr:`decoder_dtype` and layout (see :meth:`set_decoder_precision`); returns float32
+        (float64 for a float64 network) NCHW.
+        """
+        dtype, layout = self.decoder_dtype, self._decoder_layout
+        x = quant_feat.to(dtype=dtype, memory_format=layout)
         for i, block in enumerate(self.generator.blocks):
             x = block(x)
             if w > 0 and i in self._generator_fusions:
                 size = self._generator_fusions[i]
-                x = self.fuse_convs_dict[size](features[size], x, w)
-        return x  # (N, 3, H, W)
+                enc_feat = features[size].to(dtype=dtype, memory_format=layout)
+                x = self.fuse_convs_dict[size](enc_feat, x, w)
+        # float32 out of half-precision generators (float64 ones stay float64)
+        out_dtype = torch.promote_types(dtype, torch.float32)
+        return x.to(dtype=out_dtype, memory_format=torch.contiguous_format)  # (N, 3, H, W)
+
+    def code_features(self, logits: torch.Tensor, lq_feat: torch.Tensor, *, adain: bool) -> torch.Tensor:
+        """The codebook entries of the predicted tokens (N, 256, h, w), AdaIN'ed to ``lq_feat`` if ``adain``."""
+        n, _, height, width = lq_feat.shape
+        quant_feat = self.quantize.lookup(logits.argmax(dim=2).view(n, height, width))  # (N, 256, h, w)
+        return adaptive_instance_normalization(quant_feat, lq_feat) if adain else quant_feat
 
     def forward(
         self, x: torch.Tensor, w: float = 0.0, adain: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lq_feat, features = self.encode(x)  # (N, 256, h, w)
         logits = self.predict_logits(lq_feat)  # (N, L, K)
-        n, _, height, width = lq_feat.shape
-        quant_feat = self.quantize.lookup(logits.argmax(dim=2).view(n, height, width))  # (N, 256, h, w)
-        if adain:
-            quant_feat = adaptive_instance_normalization(quant_feat, lq_feat)
+        quant_feat = self.code_features(logits, lq_feat, adain=adain)  # (N, 256, h, w)
         return self.decode(quant_feat, features, w), logits, lq_feat
 
 

@@ -33,7 +33,7 @@ import torch
 
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError
-from codeformer.weights import load_state_dict, weight_path
+from codeformer.weights import load_state_dict, load_strict, weight_path
 
 logger = logging.getLogger(__name__)
 
@@ -125,22 +125,6 @@ def _check_bgr_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    # Names go through the project's one device policy ("auto", clear error for a missing GPU).
-    return resolve_device(device) if isinstance(device, str) else torch.device(device)
-
-
-def _load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], path: os.PathLike[str] | str, what: str) -> None:
-    """Load ``state`` into ``net`` with every key and shape matching, else a user-readable error."""
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_line = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
-        raise CodeFormerError(
-            f"{path} is not a {what} checkpoint ({first_line}): delete it and let it download again"
-        ) from None
-
-
 # ------------------------------------------------------------------------------------------------
 # RetinaFace
 
@@ -185,7 +169,7 @@ def _load_retinaface(name: str, device: torch.device, weights_dir: str | os.Path
     path = weight_path(key, weights_dir)
     state = load_state_dict(path)  # the official files carry DataParallel's `module.`: stripped there
     network = _build_retinaface(network_name, device)
-    _load_strict(network, state, path, f"RetinaFace ({network_name})")
+    load_strict(network, state, path, f"RetinaFace ({network_name})")
     network.eval()
     return RetinaFaceDetector(name, network)
 
@@ -272,7 +256,7 @@ def load_detector(
         raise CodeFormerError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTOR_NAMES)}")
     if name == "dlib":
         return _load_dlib(weights_dir)
-    return _load_retinaface(name, _resolve_device(device), weights_dir)
+    return _load_retinaface(name, resolve_device(device), weights_dir)
 
 
 # ------------------------------------------------------------------------------------------------

