@@ -12,7 +12,6 @@ Prints the numbers and writes them, with a short machine description, to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.machine import describe_machine  # noqa: E402
+from benchmarks.machine import describe_machine, save_report  # noqa: E402
 from codeformer.face.alignment import FACE_SIZE, warp_face  # noqa: E402
 from codeformer.face.pasteback import (  # noqa: E402
     PastedFace,
@@ -138,9 +137,7 @@ def main() -> int:
         "results": results,
         "machine": machine(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {args.output}")
+    save_report(report, args.output)
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import describe_machine, load_average, peak_rss_mib  # noqa: E402
+from benchmarks.machine import describe_machine, load_average, peak_rss_mib, run_child, save_report  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "picture.json"
 UPSCALE = 2  # the reference's default -s
@@ -182,14 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 config = {"precision": precision, "tuned": tuned, "faces": str(faces_file),
                           "weights_root": str(weights_root), "end_to_end": args.end_to_end,
                           "detector": args.detector}
-                completed = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.bench_picture", "--child", json.dumps(config)],
-                    cwd=REPO_ROOT, capture_output=True, text=True,
-                )
-                if completed.returncode != 0:
-                    result = {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
-                else:
-                    result = json.loads(completed.stdout.strip().splitlines()[-1])
+                result = run_child("benchmarks.bench_picture", config)
+                if "error" not in result:
                     result["total_s"] = round(first["detect_s"] + first["align_s"] + result["restore_s"]
                                               + result["parse_s"] + result["paste_s"], 2)
                 runs.append({"precision": precision, "tuned": tuned, **result})
@@ -206,9 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_before": load_before,
         "load_after": load_average(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_report(report, args.output)
     return report
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.faces import real_face_crops  # noqa: E402
-from benchmarks.machine import describe_machine, load_average  # noqa: E402
+from benchmarks.machine import describe_machine, load_average, save_report  # noqa: E402
 from codeformer.archs import CodeFormer  # noqa: E402
 from codeformer.precision import apply_precision, cpu_has_native_bf16, cuda_has_native_bf16  # noqa: E402
 from codeformer.restorer import batch_to_crops, crops_to_batch  # noqa: E402
@@ -189,9 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_before": load_before,
         "load_after": load_average(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_report(report, args.output)
     return report
 
 

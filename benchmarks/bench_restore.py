@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import describe_machine, load_average  # noqa: E402
+from benchmarks.machine import describe_machine, load_average, run_child, save_report  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "restore.json"
 CPU_BATCHES = (1, 4, 8)
@@ -129,13 +128,7 @@ def _run_child(config: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache:
         # An empty inductor cache: the first call then measures a cold compilation.
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        completed = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_restore", "--child", json.dumps(config)],
-            cwd=REPO_ROOT, capture_output=True, text=True, env=env,
-        )
-    if completed.returncode != 0:
-        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        return run_child("benchmarks.bench_restore", config, env)
 
 
 def available_precisions(device_name: str) -> list[str]:
@@ -221,9 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_after": load_average(),
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"load average before {load_before}, after {report['load_after']}; wrote {args.output}")
+    print(f"load average before {load_before}, after {report['load_after']}")
+    save_report(report, args.output)
     return report
 
 

@@ -14,7 +14,7 @@ should, so the two costs are measured apart, each in its own process (so each pe
   network, tile 400, with the command line's runtime settings
   (:func:`codeformer.precision.configure_cpu_runtime`): the measured time and peak memory.
 
-Usage, from the repository root: ``python -m benchmarks.bench_upsampler [--crops 2] [--full] [--out PATH]``
+Usage, from the repository root: ``python -m benchmarks.bench_upsampler [--crops 2] [--full] [--output PATH]``
 (default ``benchmarks/results/upsampler.json``).
 Prints the numbers and writes them, with a machine description, as JSON.
 """
@@ -25,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ import skimage.data
 import spandrel
 import torch
 
-from benchmarks.machine import describe_machine, peak_rss_mib
+from benchmarks.machine import describe_machine, peak_rss_mib, run_child, save_report
 from codeformer.upsampler import Upsampler, load_upsampler, tile_grid
 
 PICTURE_HW = (3000, 4000)  # a 12-megapixel photo, landscape
@@ -183,31 +181,32 @@ def machine() -> dict[str, object]:
     return {**describe_machine(), "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
 
 
-def run_phase(name: str, *extra: str) -> dict[str, object]:
+def run_phase(name: str, crops: int = 0) -> dict[str, object]:
     """Run one phase in a fresh interpreter so its peak RSS is its own."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_upsampler", "--phase", name, *extra],
-        check=True, capture_output=True, text=True, cwd=REPO_ROOT,
-    )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_child("benchmarks.bench_upsampler", {"phase": name, "crops": crops})
+    if "error" in result:
+        raise SystemExit(f"phase {name} failed: {result['error']}")
+    return result
+
+
+def _child(config: dict[str, object]) -> dict[str, object]:
+    if config["phase"] == "full":
+        return phase_full()
+    if config["phase"] == "network":
+        return phase_network(int(config["crops"]))
+    return phase_pipeline()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=2, help="interior-tile crops timed through the network")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "upsampler.json")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "upsampler.json")
     parser.add_argument("--full", action="store_true",
                         help="also run the whole picture through the real network (about ten minutes)")
-    parser.add_argument("--phase", choices=["network", "pipeline", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.phase == "full":
-        print(json.dumps(phase_full()))
-        return
-    if args.phase == "network":
-        print(json.dumps(phase_network(args.crops)))
-        return
-    if args.phase == "pipeline":
-        print(json.dumps(phase_pipeline()))
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
         return
 
     results = {
@@ -219,14 +218,12 @@ def main() -> None:
         "device": "cpu",
         "machine": machine(),
         "pipeline_stub_network": run_phase("pipeline"),
-        "network_realesrgan_x2plus_random": run_phase("network", "--crops", str(args.crops)),
+        "network_realesrgan_x2plus_random": run_phase("network", args.crops),
     }
     if args.full:
         results["full_picture_realesrgan_x2plus_random"] = run_phase("full")
-    text = json.dumps(results, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    print(json.dumps(results, indent=2))
+    save_report(results, args.output)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import describe_machine, load_average, peak_rss_mib  # noqa: E402
+from benchmarks.machine import describe_machine, load_average, peak_rss_mib, run_child, save_report  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "video.json"
 CLIP_FPS = 30
@@ -134,15 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             config = {"precision": precision, "tuned": not args.untuned, "src": str(src), "detector": args.detector,
                       "dst": str(Path(folder) / f"out_{precision}.mp4")}
             started = time.perf_counter()
-            completed = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_video", "--child", json.dumps(config)],
-                cwd=REPO_ROOT, capture_output=True, text=True,
-            )
-            if completed.returncode != 0:
-                run = {"precision": precision, "error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
+            run = {"precision": precision, **run_child("benchmarks.bench_video", config)}
+            if "error" in run:
                 print(f"{precision}: failed: {run['error']}")
             else:
-                run = {"precision": precision, **json.loads(completed.stdout.strip().splitlines()[-1])}
                 run["extrapolated_clip_seconds"] = round(full_frames / run["fps"], 1)
                 print(f"{precision:<6} {run['frames']} frames in {run['seconds']:.1f} s: {run['fps']:.3f} fps "
                       f"({run['seconds_per_frame']:.1f} s/frame), peak RSS {run['peak_rss_mib']:.0f} MiB; "
@@ -162,9 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_before": load_before,
         "load_after": load_average(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_report(report, args.output)
     return report
 
 

@@ -143,6 +143,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.machine import save_report
+
     with tempfile.TemporaryDirectory() as folder:
         src = Path(folder) / "clip_720p.mp4"
         started = time.perf_counter()
@@ -173,9 +175,7 @@ def main() -> None:
         "runs": runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_report(report, args.output)
 
 
 if __name__ == "__main__":

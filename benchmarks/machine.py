@@ -8,8 +8,11 @@ before and after timing (other processes on a shared machine slow the numbers do
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 # /proc/cpuinfo flags that change which CPU kernels PyTorch / oneDNN can use.
 RELEVANT_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # Packages whose versions a reader needs to reproduce a number.
 PACKAGES = ("torch", "numpy", "opencv-python", "av", "dlib-bin", "facexlib", "spandrel")
 
@@ -90,3 +94,26 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return 0.0
+
+
+def save_report(report: dict[str, Any], output: Path) -> None:
+    """Write a benchmark's report as indented JSON (parent folders made) and say where."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+
+
+def run_child(module: str, config: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m <module> --child <config as JSON>`` in a fresh process; its last stdout line, parsed.
+
+    A fresh process per measured configuration: each peak RSS is its own and process-wide settings
+    (runtime tuning, thread pools, compile caches) do not leak between runs. A failed child gives
+    ``{"error": <its last stderr line>}``.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-m", module, "--child", json.dumps(config)],
+        cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+    )
+    if completed.returncode != 0:
+        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
