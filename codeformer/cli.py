@@ -119,17 +119,19 @@ def _add_io_arguments(parser: argparse.ArgumentParser, *, default_input: str, ou
     parser.add_argument("--suffix", default=None, help="suffix added to output file names")
 
 
-def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where the networks run (default: auto = cuda, else mps, else cpu)")
-    parser.add_argument("--batch_size", type=_int_at_least(1), default=4,
-                        help="faces restored together in one forward pass (default: 4)")
+def _add_runtime_arguments(parser: argparse.ArgumentParser, *, torch_networks: bool = True) -> None:
+    """Device, batching, weights, resuming, logging; ``torch_networks=False`` (dlib only): no device flags."""
+    if torch_networks:
+        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                            help="where the networks run (default: auto = cuda, else mps, else cpu)")
+        parser.add_argument("--batch_size", type=_int_at_least(1), default=4,
+                            help="faces restored together in one forward pass (default: 4)")
+        parser.add_argument("--low_memory", action="store_true",
+                            help="return freed memory to the system at once: less resident memory, slower on CPU")
     parser.add_argument("--weights_dir", default=None,
                         help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
     parser.add_argument("--skip_existing", action="store_true",
                         help="skip inputs whose result is already in the output folder (resume a batch)")
-    parser.add_argument("--low_memory", action="store_true",
-                        help="return freed memory to the system at once: less resident memory, slower on CPU")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s (codeformer {__version__})")
@@ -237,6 +239,10 @@ def _load_network(job: "_AlignedJob", args: argparse.Namespace):
     from codeformer.weights import weight_path
 
     device = resolve_device(args.device)
+    if hasattr(args, "precision"):  # a precision the device cannot run fails before any download
+        from codeformer.precision import resolve_precision
+
+        resolve_precision(args.precision, device)
     path = Path(args.ckpt_path) if getattr(args, "ckpt_path", None) else weight_path(job.checkpoint, args.weights_dir)
     return job.loader(path, device, args)
 
@@ -412,7 +418,8 @@ def colorize_main(argv: Sequence[str] | None = None, prog: str | None = None, *,
     """``inference_colorization.py``: colorize black-and-white or faded aligned faces."""
     job = _AlignedJob(COLORIZATION_CHECKPOINT, "colorized", "colorizing", warn_on_resize=True, needs_paint_mask=False,
                       process=_colorize_faces)
-    return _aligned_command_main(argv, prog=prog, job=job, tune_runtime=tune_runtime, default_input="./inputs/gray_faces",
+    return _aligned_command_main(argv, prog=prog, job=job, tune_runtime=tune_runtime,
+                                 default_input="./inputs/gray_faces",
                                  default_single="results/test_colorization_img",
                                  description="Colorize black-and-white or faded aligned 512x512 faces.")
 
@@ -474,11 +481,7 @@ def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--enable_padding", action="store_true",
                         help="fill the part of a crop outside the photo with blurred mirrored content (as FFHQ) "
                              "instead of black (as the reference script)")
-    parser.add_argument("--weights_dir", default=None,
-                        help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
-    parser.add_argument("--skip_existing", action="store_true", help="skip pictures whose faces are already there")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add_runtime_arguments(parser, torch_networks=False)
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
 

@@ -35,10 +35,12 @@ def load_models(args: argparse.Namespace) -> Models:
     """Every network the options ask for, on the chosen device (downloading weights on first use)."""
     from codeformer.device import resolve_device
     from codeformer.face.detection import load_detector
+    from codeformer.precision import resolve_precision
     from codeformer.restorer import FaceRestorer
     from codeformer.weights import weight_path
 
     device = resolve_device(args.device)
+    resolve_precision(args.precision, device)  # a precision the device cannot run fails before any download
     # The user's own upsampler file first: the likeliest to be wrong, and cheap to check.
     bg_upsampler = face_upsampler = None
     if args.bg_upsampler or args.face_upsample:

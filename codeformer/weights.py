@@ -393,7 +393,9 @@ def load_state_dict(path: str | os.PathLike[str], *, map_location: str | torch.d
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
-def load_strict(network: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str], what: str) -> None:
+def load_strict(
+    network: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str], what: str
+) -> None:
     """Load ``state`` into ``network`` with every name and shape matching, else a one-line error naming the file."""
     try:
         network.load_state_dict(state, strict=True)

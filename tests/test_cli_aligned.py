@@ -224,7 +224,12 @@ def test_precision_auto_is_reported_and_fp16_on_cpu_refused(face_folder: Path, r
     assert describe_precision(resolve_precision("auto", torch.device("cpu"))) in err
     assert read_image(tmp_path / "restored_faces" / "colour.png").width == 512
 
-    code = restore_main(["--has_aligned", "-i", str(face_folder / "colour.png"), "-o", str(tmp_path / "x"),
-                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--precision", "fp16", "-q"])
-    err = capfd.readouterr().err
-    assert code == 1 and "fp16" in err and "Traceback" not in err
+    # Refused before anything is downloaded: the (empty) weights root stays untouched, in both modes.
+    empty = tmp_path / "no_weights"
+    for mode in (["--has_aligned"], []):
+        code = restore_main([*mode, "-i", str(face_folder / "colour.png"), "-o", str(tmp_path / "x"),
+                             "--weights_dir", str(empty), "--device", "cpu", "--precision", "fp16", "-q"])
+        err = capfd.readouterr().err
+        assert code == 1
+        assert err.strip() == "error: --precision fp16 is for GPUs (CPUs compute float16 slowly); use bf16 or fp32"
+        assert not empty.exists()
