@@ -22,7 +22,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="S-Lab License 1.0 (weights); see README",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["codeformer", "codeformer.*"]),
     install_requires=[
         "torch>=2.1",
@@ -38,7 +38,7 @@ setup(
     ],
     extras_require={
         "dlib": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
-        "test": ["pytest>=7.4", "scikit-image>=0.22"],
+        "test": ["pytest>=7.4", "scikit-image>=0.22", "spandrel-extra-arches>=0.2.0"],
     },
     entry_points={"console_scripts": ["codeformer=codeformer.cli:main"]},
 )

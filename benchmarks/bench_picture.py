@@ -114,10 +114,10 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     restorer = FaceRestorer(random_codeformer(CodeFormerConfig(), seed=0), "cpu", precision=config["precision"])
     parser = load_face_parser(device="cpu", weights_dir=config["weights_root"])
     # Warm-up on one face (oneDNN primitives), as a long-running process would be.
-    parser.masks(restorer.restore(crops[:1], w=FIDELITY_WEIGHT))
+    parser.masks(restorer.restore(crops[:1], fidelity_weight=FIDELITY_WEIGHT))
 
     started = time.perf_counter()
-    restored = restorer.restore(crops, w=FIDELITY_WEIGHT, batch_size=BATCH_SIZE)
+    restored = restorer.restore(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=BATCH_SIZE)
     restore_s = time.perf_counter() - started
     started = time.perf_counter()
     masks = parser.masks(restored, batch_size=BATCH_SIZE)
@@ -136,8 +136,8 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         from codeformer.face.pipeline import Models, RestoreOptions, restore_picture
         from codeformer.imageio import Picture
 
-        models = Models(restorer, make_detector(config["detector"]), parser)
-        options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE, batch_size=BATCH_SIZE)
+        models = Models(restorer, make_detector(config["detector"]), parser, batch_size=BATCH_SIZE)
+        options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
         started = time.perf_counter()
         whole = restore_picture(Picture(picture, None, 3), models, options)
         result["end_to_end_s"] = round(time.perf_counter() - started, 2)

@@ -79,16 +79,16 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         parser = load_face_parser(device="cpu", weights_dir=random_weights_root(Path(folder)))
     detector = TimedRetinaFace() if config["detector"] == "retinaface" else load_detector("dlib", device="cpu")
-    models = Models(restorer, detector, parser)
-    options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE, batch_size=BATCH_FRAMES)
+    models = Models(restorer, detector, parser, batch_size=BATCH_FRAMES)
+    options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
     warm = np.full((512, 512, 3), 128, np.uint8)
-    parser.masks(restorer.restore([warm], w=FIDELITY_WEIGHT))  # oneDNN set-up, not part of the rate
+    parser.masks(restorer.restore([warm], fidelity_weight=FIDELITY_WEIGHT))  # oneDNN set-up, not part of the rate
     faces = []
 
     def process_batch(frames: list) -> list:
         results = restore_frames(frames, models, options)
         faces.extend(len(result.faces) for result in results)
-        return [result.final for result in results]
+        return [result.image for result in results]
 
     stats = transform_video(config["src"], config["dst"], process_batch, batch_frames=BATCH_FRAMES, progress=False)
     return {

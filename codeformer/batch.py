@@ -46,7 +46,7 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, CodeFormerError):
         return str(error)
     if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return "out of memory: try a smaller --batch_size or --bg_tile, or --device cpu"
+        return "out of memory: try a smaller batch size or upsampler tile, or the CPU"
     text = " ".join(str(error).split()) or "no details"
     return f"unexpected error ({type(error).__name__}: {text[:300]})"
 

@@ -1,9 +1,11 @@
 """Command line: argument parsing and dispatch for every entry point.
 
-``inference_codeformer.py``, ``inference_colorization.py``, ``inference_inpainting.py``,
-``scripts/download_pretrained_models.py`` and the ``codeformer`` console script are thin wrappers
-around the ``*_main`` functions here. Flags keep the reference repository's names. All logic lives in
-the library; this module parses, validates, wires models together and reports.
+``inference_codeformer.py``, ``inference_colorization.py``, ``inference_inpainting.py``, the
+``scripts/`` and the ``codeformer`` console script (real subcommands: ``restore``, ``colorize``,
+``inpaint``, ``vqgan``, ``crop``, ``download``) are thin wrappers around the ``*_main`` functions
+here. Flags keep the reference repository's names. This module only parses, validates combinations
+and reports: loading is :func:`codeformer.load_pipeline`, the work is :mod:`codeformer.runs`, both
+called with plain keyword arguments.
 
 Exit codes: 0 everything worked, 1 something failed (per-file failures included), 2 bad usage,
 130 interrupted.
@@ -22,17 +24,30 @@ import numpy as np
 from tqdm import tqdm
 
 from codeformer import __version__
-from codeformer.batch import Batch, BatchReport, ensure_writable_folder, output_stems, run_batch, with_suffix_name
-from codeformer.errors import CodeFormerError
+from codeformer.batch import Batch, BatchReport, ensure_writable_folder, output_stems, run_batch
+from codeformer.color import GRAY_MODES
+from codeformer.device import DEVICE_CHOICES
+from codeformer.errors import CodeFormerError, OptionError
 from codeformer.imageio import IMAGE_EXTENSIONS, is_image_path, list_images, read_image, write_image
+from codeformer.registry import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MODEL,
+    MODELS,
+    available_detectors,
+    available_upsamplers,
+    whole_picture_models,
+)
+from codeformer.face.selection import DEFAULT_REFERENCE_DISTANCE
 
 logger = logging.getLogger("codeformer")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-RESTORATION_CHECKPOINT = "CodeFormer/codeformer.pth"
-COLORIZATION_CHECKPOINT = "CodeFormer/codeformer_colorization.pth"
-INPAINTING_CHECKPOINT = "CodeFormer/codeformer_inpainting.pth"
-VQGAN_CHECKPOINT = "CodeFormer/vqgan_code1024.pth"
+# The command line's name for each library option that an OptionError can name.
+OPTION_FLAGS = {
+    "device": "--device", "precision": "--precision", "fidelity_weight": "-w", "tile": "--bg_tile",
+    "batch_size": "--batch_size", "upscale": "-s", "grayscale": "--grayscale", "max_pixels": "--max_pixels",
+    "face_index": "--face_index", "min_face_size": "--min_face_size", "reference_distance": "--reference_distance",
+}
 
 
 # ----------------------------------------------------------------------------------------- logging
@@ -119,10 +134,41 @@ def _add_io_arguments(parser: argparse.ArgumentParser, *, default_input: str, ou
     parser.add_argument("--suffix", default=None, help="suffix added to output file names")
 
 
+def _upsampler(text: str) -> str | None:
+    """``--bg_upsampler``: a registry name, a model file, or ``none`` (the reference's default spelling)."""
+    if text.lower() == "none":
+        return None
+    if text in available_upsamplers() or Path(text).expanduser().is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither an upsampler name ({', '.join(available_upsamplers())}) nor an existing model file"
+    )
+
+
+def _face_numbers(text: str) -> tuple[int, ...]:
+    """``--face_index 0,2``: face numbers from 0."""
+    try:
+        numbers = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected face numbers like 0,2, got {text!r}") from None
+    if not numbers or any(number < 0 for number in numbers):
+        raise argparse.ArgumentTypeError(f"expected face numbers from 0 like 0,2, got {text!r}")
+    return numbers
+
+
+def _restoration_model(text: str) -> str:
+    """``--model``: a restorer for whole pictures from the registry, or a checkpoint file."""
+    if text in whole_picture_models() or Path(text).expanduser().is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a model ({', '.join(whole_picture_models())}) nor an existing checkpoint file"
+    )
+
+
 def _add_runtime_arguments(parser: argparse.ArgumentParser, *, torch_networks: bool = True) -> None:
     """Device, batching, weights, resuming, logging; ``torch_networks=False`` (dlib only): no device flags."""
     if torch_networks:
-        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+        parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                             help="where the networks run (default: auto = cuda, else mps, else cpu)")
         parser.add_argument("--batch_size", type=_int_at_least(1), default=4,
                             help="faces restored together in one forward pass (default: 4)")
@@ -204,138 +250,132 @@ def _finish(report: BatchReport, out_root: Path, verb: str) -> int:
     return report.exit_code
 
 
+def phrase_error(error: CodeFormerError) -> str:
+    """A library error as the command line says it: options are named by their flags."""
+    if isinstance(error, OptionError) and error.option in OPTION_FLAGS:
+        return error.phrased(OPTION_FLAGS[error.option])
+    return str(error)
+
+
 def _run_guarded(body: Callable[[], int]) -> int:
     """Run a command body: one line and exit 1 for a user error, 130 when interrupted, no tracebacks."""
     try:
         return body()
     except CodeFormerError as error:
-        logger.error("%s", error)
+        logger.error("%s", phrase_error(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
         logger.error("interrupted; finished outputs are kept, nothing half-written is left")
         return EXIT_INTERRUPTED
 
 
-def _load_codeformer(path: Path, device, args: argparse.Namespace):
-    from codeformer.restorer import FaceRestorer
+def _load(args: argparse.Namespace, model: str, *, whole_pictures: bool, checkpoint: str | None = None):
+    """:func:`codeformer.load_pipeline` with the options the command line gives (names are checked already)."""
+    from codeformer.pipeline import load_pipeline
 
-    restorer = FaceRestorer.from_file(path, device=device, precision=args.precision, compile=args.compile)
-    logger.info("network: %s (%s)", path.name, restorer.describe())
-    return restorer
-
-
-def _load_vqgan(path: Path, device, _args: argparse.Namespace):
-    from codeformer.archs import build_vqgan
-    from codeformer.weights import load_state_dict
-
-    vqgan = build_vqgan(load_state_dict(path, map_location=device), source=str(path)).to(device)
-    logger.info("network: %s (%s, fp32)", path.name, device)
-    return vqgan
-
-
-def _load_network(job: "_AlignedJob", args: argparse.Namespace):
-    """The job's network: ``--ckpt_path`` if given, else its registry file (downloaded on first use)."""
-    from codeformer.device import resolve_device
-    from codeformer.weights import weight_path
-
-    device = resolve_device(args.device)
-    if hasattr(args, "precision"):  # a precision the device cannot run fails before any download
-        from codeformer.precision import resolve_precision
-
-        resolve_precision(args.precision, device)
-    path = Path(args.ckpt_path) if getattr(args, "ckpt_path", None) else weight_path(job.checkpoint, args.weights_dir)
-    return job.loader(path, device, args)
+    pipeline = load_pipeline(
+        model,
+        detector=getattr(args, "detection_model", DEFAULT_DETECTOR) if whole_pictures else None,
+        device=args.device,
+        precision=getattr(args, "precision", "fp32"),
+        parse=not getattr(args, "no_parse", False),
+        bg_upsampler=getattr(args, "bg_upsampler", None),
+        face_upsample=getattr(args, "face_upsample", False),
+        weights_dir=args.weights_dir,
+        batch_size=args.batch_size,
+        compile=getattr(args, "compile", False),
+        bg_tile=getattr(args, "bg_tile", 400),
+        upsampler_half=False if getattr(args, "fp32", False) else None,
+        checkpoint=checkpoint,
+    )
+    return pipeline
 
 
-# --------------------------------------------------------------------------------- aligned faces
+def _options(args: argparse.Namespace, pipeline) -> object:
+    """The per-call options of a loaded pipeline from the parsed flags."""
+    return pipeline.options(
+        fidelity_weight=getattr(args, "fidelity_weight", None),
+        upscale=getattr(args, "upscale", 2),
+        only_center_face=getattr(args, "only_center_face", False),
+        largest_face=getattr(args, "largest_face", False),
+        face_index=getattr(args, "face_index", None),
+        min_face_size=getattr(args, "min_face_size", None),
+        reference_face=getattr(args, "reference_face", None),
+        reference_distance=getattr(args, "reference_distance", DEFAULT_REFERENCE_DISTANCE),
+        draw_box=getattr(args, "draw_box", False),
+        grayscale=getattr(args, "grayscale", "auto"),
+        measure_identity=getattr(args, "report", False),
+    )
 
 
-@dataclass(frozen=True)
-class _AlignedJob:
-    """How one aligned-face command drives the shared loop."""
+def _face_report(args: argparse.Namespace, out_root: Path):
+    """The per-face report the flags ask for, or None."""
+    if not args.report:
+        return None
+    from codeformer.report import REPORT_NAME, FaceReport
 
-    checkpoint: str
-    verb: str  # for the summary: "restored 3, skipped 0, failed 1"
-    progress_label: str  # for the progress bar
-    warn_on_resize: bool
-    needs_paint_mask: bool
-    process: Callable[[object, list[np.ndarray], list[np.ndarray | None], argparse.Namespace], list[np.ndarray]]
-    loader: Callable[[Path, object, argparse.Namespace], object] = _load_codeformer
+    return FaceReport(out_root / REPORT_NAME, keep_existing=args.skip_existing)
 
 
-def _run_aligned(args: argparse.Namespace, job: _AlignedJob, out_dir: Path, out_root: Path) -> int:
-    from codeformer.aligned import paint_mask_of, prepare_aligned_face
+def _run_aligned_files(args: argparse.Namespace, model: str, out_dir: Path, out_root: Path, *,
+                       checkpoint: str | None = None) -> int:
+    from codeformer.runs import restore_aligned_files, task_verb
 
     inputs = collect_images(args.input_path)
-    ensure_writable_folder(out_dir)
-    network = _load_network(job, args)
-    stems = output_stems(inputs)
-
-    def target(path: Path) -> Path:
-        return out_dir / with_suffix_name(stems[path], args.suffix)
-
-    def load(path: Path):
-        picture = read_image(path)
-        crop = prepare_aligned_face(picture, name=path.name, warn_on_resize=job.warn_on_resize)
-        mask = paint_mask_of(picture) if job.needs_paint_mask else None
-        return picture, crop, mask
-
-    def process(items: list) -> list:
-        outputs = job.process(network, [crop for _, crop, _ in items], [mask for _, _, mask in items], args)
-        return [picture.with_alpha(out) for (picture, _, _), out in zip(items, outputs)]
-
-    def save(path: Path, result: np.ndarray) -> None:
-        write_image(target(path), result)
-
-    batch = Batch(load=load, process=process, save=save, chunk_size=args.batch_size,
-                  is_done=(lambda path: target(path).is_file()) if args.skip_existing else None)
-    report = run_batch(inputs, batch, desc=job.progress_label, unit="face", progress=not args.quiet)
-    return _finish(report, out_root, job.verb)
-
-
-def _restore_aligned_faces(restorer, crops, _masks, args) -> list[np.ndarray]:
-    from codeformer.aligned import restore_aligned
-
-    return restore_aligned(restorer, crops, w=args.fidelity_weight, gray=args.grayscale, batch_size=args.batch_size)
-
-
-def _colorize_faces(restorer, crops, _masks, args) -> list[np.ndarray]:
-    from codeformer.aligned import colorize_aligned
-
-    return colorize_aligned(restorer, crops, batch_size=args.batch_size)
-
-
-def _inpaint_faces(restorer, crops, masks, args) -> list[np.ndarray]:
-    from codeformer.aligned import inpaint_aligned
-
-    return inpaint_aligned(restorer, crops, masks, batch_size=args.batch_size)
+    pipeline = _load(args, model, whole_pictures=False, checkpoint=checkpoint)
+    report = restore_aligned_files(pipeline, inputs, out_dir, _options(args, pipeline), suffix=args.suffix,
+                                   skip_existing=args.skip_existing, progress=not args.quiet)
+    return _finish(report, out_root, task_verb(pipeline))
 
 
 # ------------------------------------------------------------------------------ inference_codeformer
 
 
-def build_restore_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = _new_parser(prog, "Restore faces in aligned face crops, whole pictures, folders or videos.")
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     _add_io_arguments(parser, default_input="./inputs/whole_imgs",
                       output_help="output folder (default: results/<input name>_<w>, as the reference)")
+    parser.add_argument("--model", type=_restoration_model, default=DEFAULT_MODEL,
+                        help=f"face restorer: {', '.join(whole_picture_models())}, or a face restoration checkpoint "
+                             "file spandrel can identify (GFPGAN, RestoreFormer, CodeFormer)")
     parser.add_argument("-w", "--fidelity_weight", "--w", dest="fidelity_weight", type=_fidelity_weight,
-                        default=0.5, help="balance quality (0) and fidelity to the input (1)")
+                        default=None, help="CodeFormer only: balance quality (0) and fidelity to the input (1) "
+                                           "(default: 0.5)")
     parser.add_argument("-s", "--upscale", type=_int_at_least(1), default=2,
                         help="final upscaling of whole pictures: the output is exactly input size x s")
     parser.add_argument("--has_aligned", action="store_true", help="inputs are aligned 512x512 face crops")
     parser.add_argument("--only_center_face", action="store_true", help="restore only the face nearest the centre")
+    parser.add_argument("--largest_face", action="store_true", help="restore only the largest face")
+    parser.add_argument("--face_index", type=_face_numbers, default=None, metavar="N[,N...]",
+                        help="restore only these faces: numbered left to right from 0 in a picture, by first "
+                             "appearance in a video (e.g. 0,2)")
+    parser.add_argument("--min_face_size", type=_positive_float, default=None, metavar="PX",
+                        help="restore only faces whose box is at least PX pixels on its short side")
+    parser.add_argument("--reference_face", default=None, metavar="PATH",
+                        help="restore only the faces of the person in this photo (compared by a face embedding)")
+    parser.add_argument("--reference_distance", type=_positive_float, default=DEFAULT_REFERENCE_DISTANCE,
+                        help="how close a face must be to --reference_face to count as that person")
+    parser.add_argument("--report", action="store_true",
+                        help="write <out>/report.json: every face, restored or why not, and how far restoration "
+                             "moved its identity")
+    parser.add_argument("--no_temporal_smoothing", action="store_true",
+                        help="videos: restore every frame on its own (default: faces are tracked and their "
+                             "landmarks smoothed over time, so they do not flicker)")
     parser.add_argument("--draw_box", action="store_true", help="outline detected faces in the final picture")
-    parser.add_argument("--detection_model", default="retinaface_resnet50",
-                        help="face detector: retinaface_resnet50, retinaface_mobile0.25 or dlib")
-    parser.add_argument("--bg_upsampler", default=None,
-                        help="background upsampler: realesrgan, or a path to a model file spandrel can load")
+    parser.add_argument("--detection_model", default=DEFAULT_DETECTOR, choices=available_detectors(),
+                        help="face detector")
+    parser.add_argument("--bg_upsampler", type=_upsampler, default=None,
+                        help=f"background upsampler: {', '.join(available_upsamplers())}, or a path to a model "
+                             "file spandrel can load")
     parser.add_argument("--face_upsample", action="store_true",
                         help="also run restored faces through the upsampler before pasting them back")
     parser.add_argument("--bg_tile", type=_int_at_least(0), default=400,
                         help="tile size for the upsampler, 0 = whole picture at once")
     parser.add_argument("--fp32", action="store_true",
                         help="run the upsampler in full precision on CUDA (if fp16 gives black output)")
-    parser.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--ext", choices=("auto", "jpg", "png"), default="png",
+                        help="format of the final pictures: png (default, as the reference), jpg, or auto (the "
+                             "input's); restored and cropped faces stay png")
+    parser.add_argument("--grayscale", choices=GRAY_MODES, default="auto",
                         help="treat pictures as black-and-white: detected (auto) or forced")
     parser.add_argument("--no_parse", action="store_true",
                         help="blend faces with the square soft mask alone, without face parsing")
@@ -349,102 +389,81 @@ def build_restore_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="for videos, also save cropped_faces/, restored_faces/ and final_results/ per frame")
     _add_precision_arguments(parser)
     _add_runtime_arguments(parser)
-    return parser
 
 
-def restore_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
-    """``inference_codeformer.py``: aligned faces, whole pictures, folders, videos.
-
-    ``tune_runtime``: apply the process-wide CPU settings (entry points do; library callers and tests
-    running in-process keep their process as it is).
-    """
-    parser = build_restore_parser(prog)
-    args = parser.parse_args(argv)
-    if args.bg_upsampler is not None and args.bg_upsampler.lower() == "none":
-        args.bg_upsampler = None  # the reference's default spelling
-    configure_logging(args.verbose, args.quiet)
-    _tune_runtime(args, tune_runtime)
-    return _run_guarded(lambda: _restore(args))
+def _output_tag(args: argparse.Namespace) -> str:
+    """What the default output folder is suffixed with: ``w`` (the reference's), else the model's name."""
+    if args.fidelity_weight is not None:
+        return str(args.fidelity_weight)
+    if args.model in MODELS and MODELS[args.model].default_fidelity is not None:
+        return str(MODELS[args.model].default_fidelity)
+    return Path(args.model).stem
 
 
-def _restore(args: argparse.Namespace) -> int:
-    w = args.fidelity_weight
-    input_path = Path(args.input_path)
+def run_restore(args: argparse.Namespace) -> int:
+    """``inference_codeformer.py`` / ``codeformer restore``: aligned faces, whole pictures, folders, videos."""
+    from codeformer.runs import restore_picture_files, restore_video_file
     from codeformer.video import is_video_path
 
+    w = _output_tag(args)
+    input_path = Path(args.input_path)
     if input_path.is_file() and is_video_path(input_path):
         out_root = Path(args.output_path or f"results/{input_path.stem}_{w}")
-        from codeformer.runs import restore_video_file
-
-        return restore_video_file(args, input_path, out_root)
+        pipeline = _load(args, args.model, whole_pictures=True)
+        restore_video_file(pipeline, input_path, out_root, _options(args, pipeline), suffix=args.suffix,
+                           skip_existing=args.skip_existing, save_frames=args.save_frames,
+                           temporal_smoothing=not args.no_temporal_smoothing, fps=args.save_video_fps,
+                           crf=args.video_crf, preset=args.video_preset, progress=not args.quiet,
+                           report=_face_report(args, out_root))
+        return EXIT_OK
     if input_path.is_file():
         default_root = f"results/test_img_{w}"  # the reference's name for a single picture
     else:
         default_root = f"results/{_input_name(args.input_path)}_{w}"
     out_root = Path(args.output_path or default_root)
     if args.has_aligned:
-        job = _AlignedJob(RESTORATION_CHECKPOINT, "restored", "restoring", warn_on_resize=False, needs_paint_mask=False,
-                          process=_restore_aligned_faces)
-        return _run_aligned(args, job, out_root / "restored_faces", out_root)
-    from codeformer.runs import restore_picture_files
-
-    report = restore_picture_files(args, collect_images(args.input_path), out_root)
+        return _run_aligned_files(args, args.model, out_root / "restored_faces", out_root)
+    inputs = collect_images(args.input_path)
+    pipeline = _load(args, args.model, whole_pictures=True)
+    report = restore_picture_files(pipeline, inputs, out_root, _options(args, pipeline), suffix=args.suffix,
+                                   skip_existing=args.skip_existing, progress=not args.quiet,
+                                   extension=None if args.ext == "png" else args.ext,
+                                   report=_face_report(args, out_root))
     return _finish(report, out_root, "restored")
 
 
-# ---------------------------------------------------------------- colorization / inpainting
+# ---------------------------------------------------------------- colorization / inpainting / vqgan
 
 
-def _aligned_command_main(argv: Sequence[str] | None, *, prog: str | None, description: str, default_input: str,
-                          default_single: str, job: _AlignedJob, tune_runtime: bool) -> int:
-    parser = _new_parser(prog, description)
+def _add_aligned_arguments(parser: argparse.ArgumentParser, *, default_input: str) -> None:
     _add_io_arguments(parser, default_input=default_input,
                       output_help="output folder (default: results/<input folder name>, as the reference)")
     _add_precision_arguments(parser)
     _add_runtime_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
-    _tune_runtime(args, tune_runtime)
 
-    def body() -> int:
+
+def add_colorize_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_aligned_arguments(parser, default_input="./inputs/gray_faces")
+
+
+def add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_aligned_arguments(parser, default_input="./inputs/masked_faces")
+
+
+def _aligned_command(model: str, default_single: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
         single = Path(args.input_path).is_file()
         out_root = Path(args.output_path or (default_single if single else f"results/{_input_name(args.input_path)}"))
-        return _run_aligned(args, job, out_root, out_root)
+        return _run_aligned_files(args, model, out_root, out_root)
 
-    return _run_guarded(body)
-
-
-def colorize_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
-    """``inference_colorization.py``: colorize black-and-white or faded aligned faces."""
-    job = _AlignedJob(COLORIZATION_CHECKPOINT, "colorized", "colorizing", warn_on_resize=True, needs_paint_mask=False,
-                      process=_colorize_faces)
-    return _aligned_command_main(argv, prog=prog, job=job, tune_runtime=tune_runtime,
-                                 default_input="./inputs/gray_faces",
-                                 default_single="results/test_colorization_img",
-                                 description="Colorize black-and-white or faded aligned 512x512 faces.")
+    return run
 
 
-def inpaint_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
-    """``inference_inpainting.py``: fill regions painted pure white in aligned faces."""
-    job = _AlignedJob(INPAINTING_CHECKPOINT, "inpainted", "inpainting", warn_on_resize=True, needs_paint_mask=True,
-                      process=_inpaint_faces)
-    return _aligned_command_main(argv, prog=prog, job=job, tune_runtime=tune_runtime,
-                                 default_input="./inputs/masked_faces",
-                                 default_single="results/test_inpainting_img",
-                                 description="Fill the regions painted pure white (255, 255, 255) in aligned "
-                                             "512x512 faces; every other pixel is kept exactly.")
+run_colorize = _aligned_command("codeformer_colorization", "results/test_colorization_img")
+run_inpaint = _aligned_command("codeformer_inpainting", "results/test_inpainting_img")
 
 
-def _reconstruct_faces(vqgan, crops, _masks, args) -> list[np.ndarray]:
-    from codeformer.aligned import reconstruct_aligned
-
-    return reconstruct_aligned(vqgan, crops, batch_size=args.batch_size)
-
-
-def vqgan_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
-    """``scripts/inference_vqgan.py``: reconstruct aligned faces through the VQGAN alone."""
-    parser = _new_parser(prog, "Reconstruct aligned 512x512 faces through the VQGAN (encoder, codebook, "
-                               "generator), e.g. to see what the codebook can represent.")
+def add_vqgan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input_path", "--test_path", dest="input_path", default="./inputs/cropped_faces",
                         help="input picture or folder of aligned faces")
     parser.add_argument("-o", "--output_path", "--save_root", dest="output_path", default="results/vqgan_rec",
@@ -455,22 +474,18 @@ def vqgan_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tu
     parser.add_argument("--codebook_size", type=_int_at_least(1), default=None,
                         help="accepted for compatibility: the codebook size is read from the checkpoint")
     _add_runtime_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
-    _tune_runtime(args, tune_runtime)
-    job = _AlignedJob(VQGAN_CHECKPOINT, "reconstructed", "reconstructing", warn_on_resize=True,
-                      needs_paint_mask=False, process=_reconstruct_faces, loader=_load_vqgan)
+
+
+def run_vqgan(args: argparse.Namespace) -> int:
+    """``scripts/inference_vqgan.py`` / ``codeformer vqgan``: aligned faces through the VQGAN alone."""
     out_root = Path(args.output_path)
-    return _run_guarded(lambda: _run_aligned(args, job, out_root, out_root))
+    return _run_aligned_files(args, "vqgan", out_root, out_root, checkpoint=args.ckpt_path)
 
 
 # ---------------------------------------------------------------------------------- face cropping
 
 
-def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``scripts/crop_align_face.py``: FFHQ-style aligned 512x512 faces from whole photos."""
-    parser = _new_parser(prog, "Crop and align the faces of whole photos the FFHQ way (dlib 68-point landmarks), "
-                               "ready for --has_aligned, colorization and inpainting.")
+def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input_path", "--in_dir", dest="input_path", default="./inputs/whole_imgs",
                         help="input picture or folder")
     parser.add_argument("-o", "--output_path", "--out_dir", dest="output_path", default="./inputs/cropped_faces",
@@ -482,56 +497,52 @@ def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int
                         help="fill the part of a crop outside the photo with blurred mirrored content (as FFHQ) "
                              "instead of black (as the reference script)")
     _add_runtime_arguments(parser, torch_networks=False)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
 
-    def body() -> int:
-        from codeformer.face.ffhq_align import crop_align_faces, load_dlib_models
 
-        inputs = collect_images(args.input_path)
-        out_dir = Path(args.output_path)
-        ensure_writable_folder(out_dir)
-        detector, predictor = load_dlib_models(args.weights_dir)
-        stems = output_stems(inputs)
-        counts = {"faces": 0, "faceless": 0}
+def run_crop(args: argparse.Namespace) -> int:
+    """``scripts/crop_align_face.py`` / ``codeformer crop``: FFHQ-style aligned 512x512 faces from whole photos."""
+    from codeformer.face.ffhq_align import crop_align_faces, load_dlib_models
 
-        def first_output(path: Path) -> Path:
-            return out_dir / (f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_00.png")
+    inputs = collect_images(args.input_path)
+    out_dir = Path(args.output_path)
+    ensure_writable_folder(out_dir)
+    detector, predictor = load_dlib_models(args.weights_dir)
+    stems = output_stems(inputs)
+    counts = {"faces": 0, "faceless": 0}
 
-        def process(pictures: list) -> list:
-            return [crop_align_faces(picture.bgr8(), detector, predictor, only_keep_largest=args.only_keep_largest,
-                                     enable_padding=args.enable_padding) for picture in pictures]
+    def first_output(path: Path) -> Path:
+        return out_dir / (f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_00.png")
 
-        def save(path: Path, faces: list[np.ndarray]) -> None:
-            if not faces:
-                logger.warning("%s: no face found", path.name)
-                counts["faceless"] += 1
-                return
-            for index, face in enumerate(faces):
-                name = f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_{index:02d}.png"
-                write_image(out_dir / name, face)
-            counts["faces"] += len(faces)
+    def process(pictures: list) -> list:
+        return [crop_align_faces(picture.bgr8(), detector, predictor, only_keep_largest=args.only_keep_largest,
+                                 enable_padding=args.enable_padding) for picture in pictures]
 
-        batch = Batch(load=read_image, process=process, save=save,
-                      is_done=(lambda path: first_output(path).is_file()) if args.skip_existing else None)
-        report = run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet)
-        with_faces = report.done - counts["faceless"]
-        logger.info("%d face%s from %d picture%s (%d without a face), skipped %d, failed %d; results in %s",
-                    counts["faces"], "" if counts["faces"] == 1 else "s", with_faces, "" if with_faces == 1 else "s",
-                    counts["faceless"], report.skipped, report.failed, out_dir)
-        return report.exit_code
+    def save(path: Path, faces: list[np.ndarray]) -> None:
+        if not faces:
+            logger.warning("%s: no face found", path.name)
+            counts["faceless"] += 1
+            return
+        for index, face in enumerate(faces):
+            name = f"{stems[path]}.png" if args.only_keep_largest else f"{stems[path]}_{index:02d}.png"
+            write_image(out_dir / name, face)
+        counts["faces"] += len(faces)
 
-    return _run_guarded(body)
+    batch = Batch(load=read_image, process=process, save=save,
+                  is_done=(lambda path: first_output(path).is_file()) if args.skip_existing else None)
+    report = run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet)
+    with_faces = report.done - counts["faceless"]
+    logger.info("%d face%s from %d picture%s (%d without a face), skipped %d, failed %d; results in %s",
+                counts["faces"], "" if counts["faces"] == 1 else "s", with_faces, "" if with_faces == 1 else "s",
+                counts["faceless"], report.skipped, report.failed, out_dir)
+    return report.exit_code
 
 
 # --------------------------------------------------------------------------------------- weights
 
 
-def download_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``scripts/download_pretrained_models.py``: fetch or verify pretrained files."""
-    from codeformer.weights import WEIGHT_GROUPS, group_entries, verify_weight, weight_entry, weight_path
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    from codeformer.weights import WEIGHT_GROUPS
 
-    parser = _new_parser(prog, "Download the pretrained files into the weights root, or check them.")
     parser.add_argument("targets", nargs="+", metavar="TARGET",
                         help=f"a group ({', '.join(WEIGHT_GROUPS)}, all) or a file path such as "
                              "CodeFormer/codeformer.pth")
@@ -540,48 +551,182 @@ def download_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     parser.add_argument("--verify", action="store_true",
                         help="sha256-check the files already there instead of downloading")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """``scripts/download_pretrained_models.py`` / ``codeformer download``: fetch or verify pretrained files."""
+    from codeformer.weights import WEIGHT_GROUPS, group_entries, verify_weight, weight_entry, weight_path
+
+    entries = []
+    for target in args.targets:
+        found = group_entries(target) if target == "all" or target in WEIGHT_GROUPS else [weight_entry(target)]
+        entries.extend(e for e in found if e not in entries)
+    failed = 0
+    for entry in entries:
+        if args.verify:
+            result = verify_weight(entry, args.weights_dir)
+            where = f" ({result.path})" if result.path else ""
+            print(f"{'ok' if result.ok else 'BAD':4} {entry.key}: {result.detail}{where}")
+            failed += not result.ok
+            continue
+        try:
+            path = weight_path(entry.key, args.weights_dir, progress=not args.quiet)
+        except CodeFormerError as error:
+            logger.error("%s", error)
+            failed += 1
+            continue
+        print(f"ok   {entry.key}: {path}")
+    if failed:
+        logger.error("%d of %d files %s", failed, len(entries), "failed the check" if args.verify else "missing")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------- web app
+
+
+def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
+    from codeformer.imageio import DEFAULT_MAX_PIXELS
+    from codeformer.precision import PRECISION_CHOICES
+
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: this machine only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=_int_at_least(1), default=None,
+                        help="port to listen on (default: 7860, or the next free one)")
+    parser.add_argument("--share", action="store_true",
+                        help="also open a public link through Gradio's share servers (needs internet)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="where the networks run (default: auto = cuda, else mps, else cpu)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                        help="CodeFormer arithmetic: fp32 (exact), auto, bf16, fp16 (see `restore --help`)")
+    parser.add_argument("--weights_dir", default=None,
+                        help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
+    parser.add_argument("--max_pixels", type=_int_at_least(1), default=DEFAULT_MAX_PIXELS,
+                        help="largest picture, and largest result, in pixels; bigger ones are refused with a message")
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """``codeformer ui`` / ``python app.py``: serve the web app until Ctrl+C."""
+    try:
+        from codeformer.webapp import launch_app
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        raise CodeFormerError("the web app needs Gradio: pip install -r requirements.txt") from None
+    app = launch_app(host=args.host, port=args.port, share=args.share, device=args.device, precision=args.precision,
+                     weights_dir=args.weights_dir, max_pixels=args.max_pixels)
+    print(f"CodeFormer web app: {app.local_url}  (Ctrl+C to stop)", flush=True)
+    if app.share_url:
+        print(f"public link: {app.share_url}", flush=True)
+    app.serve_forever()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ the commands
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its flags, what it runs, and how it is described."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str
+    tune_runtime: bool = True  # runs torch networks: apply the process-wide CPU settings
+
+
+COMMANDS: dict[str, Command] = {
+    "restore": Command(add_restore_arguments, run_restore,
+                       "Restore faces in aligned face crops, whole pictures, folders or videos."),
+    "colorize": Command(add_colorize_arguments, run_colorize,
+                        "Colorize black-and-white or faded aligned 512x512 faces."),
+    "inpaint": Command(add_inpaint_arguments, run_inpaint,
+                       "Fill the regions painted pure white (255, 255, 255) in aligned 512x512 faces; every other "
+                       "pixel is kept exactly."),
+    "vqgan": Command(add_vqgan_arguments, run_vqgan,
+                     "Reconstruct aligned 512x512 faces through the VQGAN (encoder, codebook, generator), e.g. to "
+                     "see what the codebook can represent."),
+    "crop": Command(add_crop_arguments, run_crop,
+                    "Crop and align the faces of whole photos the FFHQ way (dlib 68-point landmarks), ready for "
+                    "--has_aligned, colorization and inpainting.", tune_runtime=False),
+    "download": Command(add_download_arguments, run_download,
+                        "Download the pretrained files into the weights root, or check them.", tune_runtime=False),
+    "ui": Command(add_ui_arguments, run_ui,
+                  "Start the web app (Restore, Video, Colorize, Inpaint) in the browser, on this machine."),
+}
+
+
+def _run_command(name: str, args: argparse.Namespace, tune_runtime: bool) -> int:
+    configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    _tune_runtime(args, tune_runtime and COMMANDS[name].tune_runtime)
+    return _run_guarded(lambda: COMMANDS[name].run(args))
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flags that parse alone but not together: a usage error (exit 2) before anything loads."""
+    model = getattr(args, "model", None)
+    if getattr(args, "fidelity_weight", None) is not None and model in MODELS and not MODELS[model].supports_fidelity:
+        parser.error(f"argument -w/--fidelity_weight: {model} has no fidelity control; leave -w out")
+
+
+def _command_main(name: str, argv: Sequence[str] | None, prog: str | None, tune_runtime: bool) -> int:
+    command = COMMANDS[name]
+    parser = _new_parser(prog, command.description)
+    command.add_arguments(parser)
     args = parser.parse_args(argv)
-    configure_logging(quiet=args.quiet)
-
-    def body() -> int:
-        entries = []
-        for target in args.targets:
-            found = group_entries(target) if target == "all" or target in WEIGHT_GROUPS else [weight_entry(target)]
-            entries.extend(e for e in found if e not in entries)
-        failed = 0
-        for entry in entries:
-            if args.verify:
-                result = verify_weight(entry, args.weights_dir)
-                where = f" ({result.path})" if result.path else ""
-                print(f"{'ok' if result.ok else 'BAD':4} {entry.key}: {result.detail}{where}")
-                failed += not result.ok
-                continue
-            try:
-                path = weight_path(entry.key, args.weights_dir, progress=not args.quiet)
-            except CodeFormerError as error:
-                logger.error("%s", error)
-                failed += 1
-                continue
-            print(f"ok   {entry.key}: {path}")
-        if failed:
-            logger.error("%d of %d files %s", failed, len(entries), "failed the check" if args.verify else "missing")
-        return EXIT_FAILED if failed else EXIT_OK
-
-    return _run_guarded(body)
+    _check_combinations(parser, args)
+    return _run_command(name, args, tune_runtime)
 
 
-# ------------------------------------------------------------------------------- console script
+def restore_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
+    """``inference_codeformer.py``. ``tune_runtime``: apply the process-wide CPU settings (entry points
+    do; library callers and tests running in-process keep their process as it is)."""
+    return _command_main("restore", argv, prog, tune_runtime)
+
+
+def colorize_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
+    """``inference_colorization.py``."""
+    return _command_main("colorize", argv, prog, tune_runtime)
+
+
+def inpaint_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
+    """``inference_inpainting.py``."""
+    return _command_main("inpaint", argv, prog, tune_runtime)
+
+
+def vqgan_main(argv: Sequence[str] | None = None, prog: str | None = None, *, tune_runtime: bool = False) -> int:
+    """``scripts/inference_vqgan.py``."""
+    return _command_main("vqgan", argv, prog, tune_runtime)
+
+
+def crop_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``scripts/crop_align_face.py``."""
+    return _command_main("crop", argv, prog, False)
+
+
+def download_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``scripts/download_pretrained_models.py``."""
+    return _command_main("download", argv, prog, False)
+
+
+def build_parser(prog: str = "codeformer") -> argparse.ArgumentParser:
+    """The ``codeformer`` console script's parser: one subcommand per entry point."""
+    parser = _new_parser(prog, "Blind face restoration with CodeFormer. Without a command, `restore` is meant.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.description.split(":")[0].split(";")[0],
+                                  description=command.description, allow_abbrev=False,
+                                  formatter_class=_HelpFormatter)
+        command.add_arguments(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``codeformer`` console script: ``codeformer [restore] ...``, ``codeformer colorize ...``,
-    ``codeformer inpaint ...``, ``codeformer vqgan ...``, ``codeformer crop ...``, ``codeformer download ...``."""
+    """The ``codeformer`` console script: ``codeformer COMMAND ...``; ``codeformer -i ...`` means ``restore``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"restore": restore_main, "colorize": colorize_main, "inpaint": inpaint_main,
-                "vqgan": vqgan_main, "crop": crop_main, "download": download_main}
-    if argv and argv[0] in commands:
-        name = argv.pop(0)
-        if name in ("download", "crop"):  # no network inference: nothing to tune
-            return commands[name](argv, prog=f"codeformer {name}")
-        return commands[name](argv, prog=f"codeformer {name}", tune_runtime=True)
-    return restore_main(argv, prog="codeformer", tune_runtime=True)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["restore", *argv]  # the reference's habit: flags straight after the program name
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
+    return _run_command(args.command, args, tune_runtime=True)

@@ -11,9 +11,15 @@ input with ``is_gray(img, threshold=10)``; for a gray picture each restored face
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
-__all__ = ["GRAY_THRESHOLD", "is_gray", "to_gray", "transfer_color"]
+__all__ = ["GRAY_MODES", "GRAY_THRESHOLD", "GrayMode", "is_gray", "to_gray", "transfer_color"]
+
+# Whether restored faces are kept gray: detected per picture (auto), or forced on / off.
+GrayMode = Literal["auto", "on", "off"]
+GRAY_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 # Mean variance (in 8-bit grey levels squared) of the pairwise channel differences at or below which a
 # picture counts as gray: the threshold the reference's newest face helper passes to is_gray.

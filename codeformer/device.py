@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from codeformer.errors import CodeFormerError
+from codeformer.errors import OptionError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -31,20 +31,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "cuda" and (not index or index.isdigit()):
         if not torch.cuda.is_available():
-            raise CodeFormerError(
-                f"--device {name} was requested but PyTorch sees no CUDA GPU; use --device cpu or install "
-                "a CUDA build of PyTorch"
-            )
+            raise OptionError("device", name, "PyTorch sees no CUDA GPU; use cpu or install a CUDA build of PyTorch")
         if index and int(index) >= torch.cuda.device_count():
-            raise CodeFormerError(
-                f"--device {name} was requested but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); "
-                "use --device cuda:0"
-            )
+            raise OptionError("device", name, f"PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); use cuda:0")
         return torch.device(name.strip().lower())
     if kind == "mps" and not index:
         if not _mps_available():
-            raise CodeFormerError(
-                "--device mps was requested but PyTorch sees no Apple GPU (MPS); use --device cpu"
-            )
+            raise OptionError("device", name, "PyTorch sees no Apple GPU (MPS); use cpu")
         return torch.device("mps")
-    raise CodeFormerError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:<index>)")
+    raise OptionError("device", name, f"unknown device; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:<index>)")

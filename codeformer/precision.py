@@ -37,7 +37,7 @@ from typing import Mapping
 
 import torch
 
-from codeformer.errors import CodeFormerError
+from codeformer.errors import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device | str, *, native_bf16: bool | None = None) -> str:
-    """The precision a ``--precision`` choice means on ``device``: ``fp32``, ``bf16`` or ``fp16``.
+    """The precision a ``precision`` choice means on ``device``: ``fp32``, ``bf16`` or ``fp16``.
 
     ``auto`` picks:
 
@@ -116,13 +116,13 @@ def resolve_precision(name: str, device: torch.device | str, *, native_bf16: boo
     """
     choice = name.strip().lower()
     if choice not in PRECISION_CHOICES:
-        raise CodeFormerError(f"unknown precision {name!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        raise OptionError("precision", name, f"unknown precision; choose one of {', '.join(PRECISION_CHOICES)}")
     device = torch.device(device)
     if choice == "fp32":
         return choice
     if device.type == "cpu":
         if choice == "fp16":
-            raise CodeFormerError("--precision fp16 is for GPUs (CPUs compute float16 slowly); use bf16 or fp32")
+            raise OptionError("precision", "fp16", "CPUs compute float16 slowly; use bf16 or fp32")
         if choice == "auto":
             fast = cpu_has_native_bf16() if native_bf16 is None else native_bf16
             return "bf16" if fast else "fp32"
@@ -132,7 +132,7 @@ def resolve_precision(name: str, device: torch.device | str, *, native_bf16: boo
         if choice == "auto":
             return "bf16" if fast else "fp32"
         if choice == "bf16" and not fast:
-            raise CodeFormerError("this GPU has no bfloat16 support (compute capability below 8.0); use fp16 or fp32")
+            raise OptionError("precision", "bf16", "this GPU has no bfloat16 support (compute capability below 8.0); use fp16 or fp32")
         return choice
     return "fp32" if choice == "auto" else choice
 

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
-from codeformer.archs import CodeFormer, build_codeformer
+from codeformer.archs import CodeFormer, VQAutoEncoder, build_codeformer, build_vqgan
 from codeformer.device import resolve_device
-from codeformer.errors import CodeFormerError
+from codeformer.errors import CodeFormerError, OptionError
+from codeformer.face.alignment import FACE_SIZE, FFHQ_TEMPLATE_5
 from codeformer.precision import apply_precision, cpu_has_native_bf16, describe_precision, resolve_precision
 from codeformer.weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
+# CodeFormer's w when none is given: the reference's default (-w 0.5).
+DEFAULT_FIDELITY_WEIGHT = 0.5
 PIXEL_MAX = 255.0  # uint8 full scale
 BGR_TO_RGB = [2, 1, 0]  # channel order swap (its own inverse)
 
@@ -44,6 +47,48 @@ def batch_to_crops(images: torch.Tensor) -> list[np.ndarray]:
     pixels = unit.mul_(PIXEL_MAX).round_().to(torch.uint8)  # round is half-to-even, like numpy's
     bgr = pixels.permute(0, 2, 3, 1)[..., BGR_TO_RGB].contiguous()  # (N, S, S, 3); OpenCV wants contiguous
     return list(bgr.cpu().numpy())
+
+
+@runtime_checkable
+class Restorer(Protocol):
+    """What the pipeline needs from a face restoration network (CodeFormer, GFPGAN, ...).
+
+    A restorer takes aligned square BGR uint8 crops of side :attr:`input_size`, aligned so that the
+    5 FFHQ landmarks (eye centres, nose tip, mouth corners) land on :attr:`template`, and returns
+    restored crops of the same size, in the same order.
+    """
+
+    name: str  # the registry name, or the checkpoint's file name
+    input_size: int  # side of the square crops it takes and returns
+    template: np.ndarray  # (5, 2) float64: where the FFHQ-order landmarks sit in its crops
+    supports_fidelity: bool  # whether restore() takes a fidelity weight (CodeFormer's w)
+    precision: str  # the resolved precision mode: fp32, bf16 or fp16
+
+    def restore(
+        self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
+    ) -> list[np.ndarray]:
+        """Restore (S, S, 3) BGR uint8 crops. ``fidelity_weight=None``: the model's own default.
+
+        A restorer without fidelity control raises :class:`CodeFormerError` for a weight that is not None.
+        """
+        ...
+
+    def describe(self) -> str:
+        """One line for the log: device, precision and anything else worth knowing."""
+        ...
+
+
+class NoFidelityControlError(OptionError):
+    """A fidelity weight was given to a model that has none."""
+
+    def __init__(self, model: str, value: float) -> None:
+        self.model = model
+        super().__init__("fidelity_weight", value, f"{model} has no fidelity control; leave the weight out")
+
+
+def ffhq_template(size: int) -> np.ndarray:
+    """The FFHQ 5-point template for crops of side ``size`` (the 512 template, scaled)."""
+    return FFHQ_TEMPLATE_5 * (size / FACE_SIZE)
 
 
 # The generator pass: (code features, encoder features by resolution, w) -> images.
@@ -92,23 +137,36 @@ class _CompiledOrEager:
 
 
 class FaceRestorer:
-    """A CodeFormer network on a device, in a precision mode, restoring lists of aligned face crops.
+    """CodeFormer on a device, in a precision mode, restoring lists of aligned face crops (a :class:`Restorer`).
 
-    ``precision`` is one of ``auto``, ``fp32`` (default: the reference's arithmetic), ``bf16`` or
-    ``fp16`` (see :mod:`codeformer.precision`); :attr:`precision` holds the resolved mode.
+    It owns what is particular to CodeFormer: the fidelity weight ``w``, AdaIN and the precision
+    modes. ``precision`` is one of ``auto``, ``fp32`` (default: the reference's arithmetic), ``bf16``
+    or ``fp16`` (see :mod:`codeformer.precision`); :attr:`precision` holds the resolved mode.
     ``compile=True`` compiles the generator with ``torch.compile`` (falling back to eager with a
     warning); it pays off on GPUs, not on CPUs. The restorer converts ``net`` in place.
+
+    ``fixed_weight`` pins ``w`` for checkpoints trained for one value (colorization: 0, inpainting: 1):
+    they have no fidelity control. ``adain`` matches the codebook features' colour statistics to the
+    input's, as the reference scripts do for restoration and colorization.
 
     Example::
 
         restorer = FaceRestorer.from_file("weights/CodeFormer/codeformer.pth", device="auto", precision="auto")
-        logger.info("restoring in %s", restorer.precision)
-        restored = restorer.restore(crops, w=0.5)
+        restored = restorer.restore(crops, fidelity_weight=0.5)
     """
 
     def __init__(
-        self, net: CodeFormer, device: torch.device | str = "auto", *, precision: str = "fp32", compile: bool = False
+        self,
+        net: CodeFormer,
+        device: torch.device | str = "auto",
+        *,
+        precision: str = "fp32",
+        compile: bool = False,
+        name: str = "codeformer",
+        fixed_weight: float | None = None,
+        adain: bool = True,
     ) -> None:
+        self.name = name
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
@@ -116,6 +174,10 @@ class FaceRestorer:
         self.net = net.eval().to(self.device)
         apply_precision(self.net, self.precision, self.device)
         self._decode: Decoder | _CompiledOrEager = _CompiledOrEager(self.net.decode) if compile else self.net.decode
+        self.fixed_weight = fixed_weight
+        self.adain = adain
+        self.input_size = self.net.image_size
+        self.template = ffhq_template(self.input_size)
 
     @classmethod
     def from_file(
@@ -125,14 +187,22 @@ class FaceRestorer:
         *,
         precision: str = "fp32",
         compile: bool = False,
+        name: str = "codeformer",
+        fixed_weight: float | None = None,
+        adain: bool = True,
     ) -> FaceRestorer:
         """Load a CodeFormer checkpoint (any official variant; hyperparameters read from the file)."""
-        # Device and precision first: a wrong --device or --precision fails before a 370 MB file is read.
+        # Device and precision first: a wrong device or precision fails before a 370 MB file is read.
         target = resolve_device(device)
         resolve_precision(precision, target)
         net = build_codeformer(load_state_dict(path, map_location=target), source=str(path))
         logger.debug("loaded CodeFormer %s from %s on %s", net.config, path, target)
-        return cls(net, target, precision=precision, compile=compile)
+        return cls(net, target, precision=precision, compile=compile, name=name, fixed_weight=fixed_weight,
+                   adain=adain)
+
+    @property
+    def supports_fidelity(self) -> bool:
+        return self.fixed_weight is None
 
     @property
     def compiled(self) -> bool:
@@ -146,29 +216,45 @@ class FaceRestorer:
     @property
     def image_size(self) -> int:
         """Side length of the crops the network takes (512 for the official files)."""
-        return self.net.image_size
+        return self.input_size
 
     def restore(
-        self, crops: Sequence[np.ndarray], *, w: float, adain: bool = True, batch_size: int = 4
+        self,
+        crops: Sequence[np.ndarray],
+        *,
+        fidelity_weight: float | None = None,
+        batch_size: int = 4,
+        adain: bool | None = None,
     ) -> list[np.ndarray]:
         """Restore ``crops`` ((S, S, 3) BGR uint8); returns as many BGR uint8 crops, in the same order.
 
-        ``w`` in [0, 1] trades quality (0) for fidelity to the input (1). ``adain`` matches the
-        codebook features' colour statistics to the input's (what the reference scripts do).
-        ``batch_size`` crops go through the network in one forward pass.
+        ``fidelity_weight`` (CodeFormer's ``w``) in [0, 1] trades quality (0) for fidelity to the input
+        (1); ``None`` means :data:`DEFAULT_FIDELITY_WEIGHT`, or the pinned weight of a checkpoint
+        trained for one. ``adain`` overrides the restorer's AdaIN setting. ``batch_size`` crops go
+        through the network in one forward pass.
         """
-        if not 0.0 <= w <= 1.0:
-            raise CodeFormerError(
-                f"fidelity weight w={w} is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)"
-            )
+        w = self._weight(fidelity_weight)
+        use_adain = self.adain if adain is None else adain
         self._check_batch_size(batch_size)
         self._check_crops(crops)
         restored: list[np.ndarray] = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 batch = crops_to_batch(crops[start : start + batch_size], self.device)  # (n, 3, S, S)
-                restored += batch_to_crops(self._forward(batch, w, adain))
+                restored += batch_to_crops(self._forward(batch, w, use_adain))
         return restored
+
+    def _weight(self, fidelity_weight: float | None) -> float:
+        if self.fixed_weight is not None:
+            if fidelity_weight is not None and fidelity_weight != self.fixed_weight:
+                raise NoFidelityControlError(self.name, fidelity_weight)
+            return self.fixed_weight
+        if fidelity_weight is None:
+            return DEFAULT_FIDELITY_WEIGHT
+        if not 0.0 <= fidelity_weight <= 1.0:
+            raise OptionError("fidelity_weight", fidelity_weight,
+                              "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)")
+        return float(fidelity_weight)
 
     def _forward(self, batch: torch.Tensor, w: float, adain: bool) -> torch.Tensor:
         """``self.net(batch, w, adain)[0]`` with the generator pass through :attr:`_decode` (maybe compiled)."""
@@ -205,3 +291,43 @@ class FaceRestorer:
                     f"face crop {i} must be a {expected} uint8 BGR array, got {got}; "
                     "resize and convert crops first"
                 )
+
+
+class VQGANReconstructor:
+    """CodeFormer's VQGAN alone, as a :class:`Restorer`: encoder, nearest codebook entries, generator.
+
+    It shows what the codebook can represent of a face; it has no fidelity control and runs in fp32.
+    """
+
+    supports_fidelity = False
+    precision = "fp32"
+
+    def __init__(self, net: VQAutoEncoder, device: torch.device | str = "auto", *, name: str = "vqgan") -> None:
+        self.name = name
+        self.device = resolve_device(device)
+        self.net = net.eval().to(self.device)
+        self.input_size = FACE_SIZE
+        self.template = ffhq_template(self.input_size)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], device: torch.device | str = "auto", *,
+                  name: str = "vqgan") -> VQGANReconstructor:
+        target = resolve_device(device)
+        return cls(build_vqgan(load_state_dict(path, map_location=target), source=str(path)), target, name=name)
+
+    def describe(self) -> str:
+        return f"{self.device}, fp32"
+
+    def restore(
+        self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
+    ) -> list[np.ndarray]:
+        if fidelity_weight is not None:
+            raise NoFidelityControlError(self.name, fidelity_weight)
+        if batch_size < 1:
+            raise CodeFormerError(f"batch size {batch_size} must be at least 1")
+        reconstructed: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), batch_size):
+                images, _codes = self.net(crops_to_batch(crops[start:start + batch_size], self.device))  # (n, 3, S, S)
+                reconstructed += batch_to_crops(images)
+        return reconstructed

@@ -1,132 +1,189 @@
-"""What ``inference_codeformer.py`` runs on whole pictures and videos, from its parsed options.
+"""Jobs over files: folders of pictures, aligned faces and videos, written in the reference's layout.
 
-Loads the networks the options ask for, then drives :mod:`codeformer.face.pipeline` over a batch of
-pictures (through :func:`codeformer.batch.run_batch`) or over a video's frames (through
-:func:`codeformer.video.transform_video`), and writes the reference's output layout.
+Each job takes a loaded :class:`~codeformer.pipeline.Pipeline` and plain keyword options, runs its
+inputs through :func:`codeformer.batch.run_batch` (one line per failure, a summary, nothing
+half-written) or :meth:`Pipeline.restore_video`, and writes:
+
+- whole pictures: ``<out>/cropped_faces/<name>_<k>.png``, ``<out>/restored_faces/<name>_<k>[_<suffix>].png``
+  and ``<out>/final_results/<name>[_<suffix>].png``;
+- aligned faces: ``<out>/<name>[_<suffix>].png``;
+- videos: ``<out>/<name>[_<suffix>].mp4`` (and per-frame pictures with ``save_frames``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from codeformer.batch import Batch, BatchReport, ensure_writable_folder, output_stems, run_batch, with_suffix_name
-from codeformer.face.pipeline import Models, PictureResult, RestoreOptions, restore_frames, restore_pictures
-from codeformer.imageio import Picture, read_image, write_image
+from codeformer.face.pipeline import RestoreResult, RestoreOptions
+from codeformer.imageio import Picture, read_image, to_uint8, write_image
+
+if TYPE_CHECKING:
+    from codeformer.pipeline import Pipeline
+    from codeformer.report import FaceReport
 
 logger = logging.getLogger(__name__)
 
-RESTORATION_CHECKPOINT = "CodeFormer/codeformer.pth"
-REALESRGAN = "realesrgan"
+# Progress-bar words by task: (bar label, summary verb).
+_TASK_WORDS = {
+    "restore": ("restoring", "restored"),
+    "colorize": ("colorizing", "colorized"),
+    "inpaint": ("inpainting", "inpainted"),
+    "reconstruct": ("reconstructing", "reconstructed"),
+}
 
 
-def restore_options(args: argparse.Namespace) -> RestoreOptions:
-    return RestoreOptions(
-        fidelity_weight=args.fidelity_weight, upscale=args.upscale, only_center_face=args.only_center_face,
-        grayscale=args.grayscale, use_parse=not args.no_parse, draw_box=args.draw_box, batch_size=args.batch_size,
-    )
+# What a JPEG can hold: 8 bits, no alpha.
+_JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
-def load_models(args: argparse.Namespace) -> Models:
-    """Every network the options ask for, on the chosen device (downloading weights on first use)."""
-    from codeformer.device import resolve_device
-    from codeformer.face.detection import load_detector
-    from codeformer.precision import resolve_precision
-    from codeformer.restorer import FaceRestorer
-    from codeformer.weights import weight_path
-
-    device = resolve_device(args.device)
-    resolve_precision(args.precision, device)  # a precision the device cannot run fails before any download
-    # The user's own upsampler file first: the likeliest to be wrong, and cheap to check.
-    bg_upsampler = face_upsampler = None
-    if args.bg_upsampler or args.face_upsample:
-        from codeformer.upsampler import load_upsampler
-
-        # --face_upsample alone loads the reference's upsampler for the faces only.
-        upsampler = load_upsampler(args.bg_upsampler or REALESRGAN, device=device, tile=args.bg_tile,
-                                   half=False if args.fp32 else None, weights_dir=args.weights_dir)
-        bg_upsampler = upsampler if args.bg_upsampler else None
-        face_upsampler = upsampler if args.face_upsample else None
-        logger.info("upsampler: %s (background: %s, faces: %s)", upsampler.describe(),
-                    "yes" if bg_upsampler else "no", "yes" if face_upsampler else "no")
-    restorer = FaceRestorer.from_file(weight_path(RESTORATION_CHECKPOINT, args.weights_dir), device=device,
-                                      precision=args.precision, compile=args.compile)
-    detector = load_detector(args.detection_model, device=device, weights_dir=args.weights_dir)
-    parser = None
-    if not args.no_parse:
-        from codeformer.face.parsing import load_face_parser
-
-        parser = load_face_parser(device=device, weights_dir=args.weights_dir)
-    logger.info("face detector: %s; network: %s", args.detection_model, restorer.describe())
-    return Models(restorer, detector, parser, bg_upsampler, face_upsampler)
+def final_extension(path: Path, extension: str | None) -> str:
+    """The final picture's file extension: ``.png`` by default, the input's for ``auto``."""
+    if extension is None or extension == "png":
+        return ".png"
+    if extension == "auto":
+        return path.suffix.lower() or ".png"
+    return f".{extension.lstrip('.').lower()}"
 
 
-def _write_faces(out_root: Path, stem: str, suffix: str | None, result: PictureResult) -> None:
-    for index, (cropped, restored) in enumerate(zip(result.cropped_faces, result.restored_faces)):
+def write_final_image(path: Path, image: np.ndarray) -> None:
+    """Write a final picture; a JPEG gets 8 bits and no alpha (it holds neither), with a note in the log."""
+    if path.suffix.lower() in _JPEG_EXTENSIONS and (image.dtype != np.uint8 or image.ndim == 3 and image.shape[2] == 4):
+        logger.info("%s: JPEG keeps neither 16 bits nor transparency; saved as 8-bit colour", path.name)
+        image = to_uint8(image[:, :, :3] if image.ndim == 3 else image)
+    write_image(path, image)
+
+
+def task_verb(pipeline: Pipeline) -> str:
+    """The summary's verb for the pipeline's task: restored, colorized, inpainted, reconstructed."""
+    return _TASK_WORDS[pipeline.task][1]
+
+
+def _write_faces(out_root: Path, stem: str, suffix: str | None, result: RestoreResult) -> None:
+    for index, face in enumerate(result.faces):
         name = f"{stem}_{index:02d}"
-        write_image(out_root / "cropped_faces" / f"{name}.png", cropped)
-        write_image(out_root / "restored_faces" / with_suffix_name(name, suffix), restored)
+        write_image(out_root / "cropped_faces" / f"{name}.png", face.aligned)
+        write_image(out_root / "restored_faces" / with_suffix_name(name, suffix), face.restored)
 
 
-def restore_picture_files(args: argparse.Namespace, inputs: Sequence[Path], out_root: Path) -> BatchReport:
-    """Restore every face of every picture; ``<out>/{cropped_faces,restored_faces,final_results}``."""
+def restore_picture_files(
+    pipeline: Pipeline,
+    inputs: Sequence[Path],
+    out_root: Path,
+    options: RestoreOptions,
+    *,
+    suffix: str | None = None,
+    skip_existing: bool = False,
+    progress: bool = True,
+    extension: str | None = None,
+    report: FaceReport | None = None,
+) -> BatchReport:
+    """Restore every face of every picture; ``<out>/{cropped_faces,restored_faces,final_results}``.
+
+    ``extension``: format of the final pictures, ``jpg``, ``png`` or ``auto`` (the input's); None: png.
+    ``report``: gets every picture's faces.
+    """
     ensure_writable_folder(out_root)
-    models = load_models(args)
-    options = restore_options(args)
     stems = output_stems(inputs)
 
     def final_path(path: Path) -> Path:
-        return out_root / "final_results" / with_suffix_name(stems[path], args.suffix)
+        return out_root / "final_results" / with_suffix_name(stems[path], suffix, final_extension(path, extension))
 
-    def process(pictures: list[Picture]) -> list[PictureResult]:
-        return restore_pictures(pictures, models, options)
+    def process(pictures: list[Picture]) -> list[RestoreResult]:
+        return pipeline.restore_pictures(pictures, options)
 
-    def save(path: Path, result: PictureResult) -> None:
-        _write_faces(out_root, stems[path], args.suffix, result)
-        # The final picture last: its presence means the input is complete (--skip_existing).
-        write_image(final_path(path), result.final)
+    def save(path: Path, result: RestoreResult) -> None:
+        _write_faces(out_root, stems[path], suffix, result)
+        # The final picture last: its presence means the input is complete (skip_existing).
+        write_final_image(final_path(path), result.image)
+        if report is not None:
+            report.add_picture(path.name, result)
         count = len(result.faces)
         logger.info("%s: %d face%s", path.name, count, "" if count == 1 else "s")
 
     # One picture per step: whole pictures can be large; faces within a picture are batched.
     batch = Batch(load=read_image, process=process, save=save, chunk_size=1,
-                  is_done=(lambda path: final_path(path).is_file()) if args.skip_existing else None)
-    return run_batch(inputs, batch, desc="restoring", unit="image", progress=not args.quiet)
+                  is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
+    return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress)
 
 
-def restore_video_file(args: argparse.Namespace, path: Path, out_root: Path) -> int:
-    """Restore every face in every frame of one video into ``<out>/<name>[_<suffix>].mp4``."""
-    from codeformer.video import transform_video
+def restore_aligned_files(
+    pipeline: Pipeline,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    options: RestoreOptions,
+    *,
+    suffix: str | None = None,
+    skip_existing: bool = False,
+    progress: bool = True,
+) -> BatchReport:
+    """Aligned faces through the pipeline's model (restore, colorize, inpaint or reconstruct): ``<out>/<name>.png``."""
+    ensure_writable_folder(out_dir)
+    stems = output_stems(inputs)
 
-    destination = out_root / with_suffix_name(path.stem, args.suffix, ".mp4")
-    if args.skip_existing and destination.is_file():
+    def target(path: Path) -> Path:
+        return out_dir / with_suffix_name(stems[path], suffix)
+
+    def load(path: Path) -> tuple[Path, Picture]:
+        return path, read_image(path)
+
+    def process(items: list[tuple[Path, Picture]]) -> list[np.ndarray]:
+        results = pipeline.restore_aligned([picture for _, picture in items], options,
+                                           names=[path.name for path, _ in items])
+        return [result.image for result in results]
+
+    batch = Batch(load=load, process=process, save=lambda path, image: write_image(target(path), image),
+                  chunk_size=pipeline.batch_size,
+                  is_done=(lambda path: target(path).is_file()) if skip_existing else None)
+    label, _verb = _TASK_WORDS[pipeline.task]
+    return run_batch(inputs, batch, desc=label, unit="face", progress=progress)
+
+
+def restore_video_file(
+    pipeline: Pipeline,
+    path: Path,
+    out_root: Path,
+    options: RestoreOptions,
+    *,
+    suffix: str | None = None,
+    skip_existing: bool = False,
+    save_frames: bool = False,
+    temporal_smoothing: bool = True,
+    fps: float | None = None,
+    crf: int = 18,
+    preset: str = "medium",
+    progress: bool = True,
+    report: FaceReport | None = None,
+) -> Path | None:
+    """Restore every face in every frame of one video into ``<out>/<name>[_<suffix>].mp4``.
+
+    Returns the output path, or None when ``skip_existing`` found it already there.
+    """
+    destination = out_root / with_suffix_name(path.stem, suffix, ".mp4")
+    if skip_existing and destination.is_file():
         logger.info("%s already exists: skipped", destination)
-        return 0
+        return None
     ensure_writable_folder(out_root)
-    models = load_models(args)
-    options = restore_options(args)
-    frame_index = 0
     faces_seen = 0
 
-    def process_batch(frames: list[np.ndarray]) -> list[np.ndarray]:
-        nonlocal frame_index, faces_seen
-        results = restore_frames(frames, models, options)
-        for result in results:
-            faces_seen += len(result.faces)
-            if args.save_frames:
-                stem = f"{frame_index:06d}"  # the reference's per-frame names
-                _write_faces(out_root, stem, args.suffix, result)
-                write_image(out_root / "final_results" / with_suffix_name(stem, args.suffix), result.final)
-            frame_index += 1
-        return [result.final for result in results]
+    def on_frame(index: int, result: RestoreResult) -> None:
+        nonlocal faces_seen
+        faces_seen += len(result.faces)
+        if report is not None:
+            report.add_frame(index, result)
+        if save_frames:
+            stem = f"{index:06d}"  # the reference's per-frame names
+            _write_faces(out_root, stem, suffix, result)
+            write_image(out_root / "final_results" / with_suffix_name(stem, suffix), result.image)
 
-    stats = transform_video(path, destination, process_batch, batch_frames=args.batch_size,
-                            fps=args.save_video_fps, crf=args.video_crf, preset=args.video_preset,
-                            progress=not args.quiet)
+    stats = pipeline.restore_video(path, destination, options=options, temporal_smoothing=temporal_smoothing,
+                                   fps=fps, crf=crf, preset=preset, progress=progress, on_frame=on_frame)
+    if report is not None:
+        report.add_video(path.name)
     logger.info("%s: %d frames, %d faces, %.1f frames/s; saved %s", path.name, stats.frames_out, faces_seen,
                 stats.fps, stats.output)
-    return 0
+    return destination

@@ -44,7 +44,7 @@ import spandrel
 import torch
 from tqdm import tqdm
 
-from codeformer.errors import CodeFormerError
+from codeformer.errors import CodeFormerError, OptionError
 from codeformer.weights import load_state_dict, weight_path
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class Upsampler:
             tile = 0
         elif tile and descriptor.tiling == spandrel.ModelTiling.DISCOURAGED:
             logger.warning(
-                "%s may show seams when tiled: use --bg_tile 0 if memory allows", descriptor.architecture.name
+                "%s may show seams when tiled: use tile 0 (no tiling) if memory allows", descriptor.architecture.name
             )
         # Tiles start at multiples of the model's size step, so a pixel-unshuffle model (x2plus) groups
         # pixels in every tile exactly as it would in the whole picture.
@@ -327,9 +327,10 @@ class Upsampler:
         try:
             y = self._descriptor(x)  # (1, 3, h*s, w*s) RGB in [0, 1]; spandrel pads and crops
         except torch.OutOfMemoryError:
-            raise CodeFormerError(
-                f"out of {self.device.type.upper()} memory upsampling a {patch.shape[1]}x{patch.shape[0]} tile: "
-                f"use a smaller --bg_tile (now {self.tile or 'off'})"
+            raise OptionError(
+                "tile", self.tile or "off",
+                f"out of {self.device.type.upper()} memory upsampling a {patch.shape[1]}x{patch.shape[0]} tile; "
+                "use a smaller tile",
             ) from None
         return _tensor_to_pixels(y, gray=patch.ndim == 2, max_value=max_value)
 

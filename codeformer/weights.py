@@ -129,12 +129,12 @@ WEIGHTS: Mapping[str, WeightFile] = _table(
     WeightFile(
         "facelib/yolov5l-face.pth", f"{_RELEASE}/yolov5l-face.pth",
         "1ba9d2125fda4d823df5152b9fc2903c59aa76c0d3771e02bcf13a56a282cf96", 186973013,
-        "GPL-3.0 (yolov5-face)", "YOLOv5-L face detector", used=False,
+        "GPL-3.0 (yolov5-face)", "YOLOv5-L face detector",
     ),
     WeightFile(
         "facelib/yolov5n-face.pth", f"{_RELEASE}/yolov5n-face.pth",
         "d2bbfbe9f36cf1ec345dc69658d7209e5448a676d946f1bf7818ac50d4489357", None,
-        "GPL-3.0 (yolov5-face)", "YOLOv5-N face detector", used=False,
+        "GPL-3.0 (yolov5-face)", "YOLOv5-N face detector",
     ),
     WeightFile(
         "dlib/mmod_human_face_detector-4cb19393.dat", f"{_RELEASE}/mmod_human_face_detector-4cb19393.dat",
@@ -168,17 +168,17 @@ WEIGHTS: Mapping[str, WeightFile] = _table(
     WeightFile(
         "gfpgan/GFPGANv1.3.pth", "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.3.pth",
         "c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70", 348632874,
-        "Apache-2.0 (GFPGAN)", "GFPGAN v1.3 face restoration", used=False,
+        "Apache-2.0 (GFPGAN)", "GFPGAN v1.3 face restoration",
     ),
     WeightFile(
         "gfpgan/GFPGANv1.4.pth", "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",
         "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", 348632874,
-        "Apache-2.0 (GFPGAN)", "GFPGAN v1.4 face restoration", used=False,
+        "Apache-2.0 (GFPGAN)", "GFPGAN v1.4 face restoration",
     ),
 )
 
 # Folders of the weights root that `download_pretrained_models.py` knows by name, in display order.
-WEIGHT_GROUPS: tuple[str, ...] = ("CodeFormer", "facelib", "dlib", "realesrgan")
+WEIGHT_GROUPS: tuple[str, ...] = ("CodeFormer", "facelib", "dlib", "realesrgan", "gfpgan")
 
 
 def weight_entry(key: str) -> WeightFile:
@@ -204,16 +204,19 @@ def resolve_weights_dir(weights_dir: str | os.PathLike[str] | None = None) -> Pa
     return Path(chosen).expanduser().absolute()
 
 
-def packaged_copy(entry: WeightFile) -> Path | None:
-    """The byte-identical copy an installed face-recognition-models package ships, if any."""
-    if entry.packaged_as is None:
-        return None
+def packaged_model_file(filename: str) -> Path | None:
+    """A model file the installed face-recognition-models package ships (dlib's models), if any."""
     # Located without importing: the package's __init__ needs pkg_resources, absent on new setuptools.
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
         return None
-    candidate = Path(spec.origin).parent / "models" / entry.packaged_as
+    candidate = Path(spec.origin).parent / "models" / filename
     return candidate if candidate.is_file() else None
+
+
+def packaged_copy(entry: WeightFile) -> Path | None:
+    """The byte-identical copy an installed face-recognition-models package ships, if any."""
+    return None if entry.packaged_as is None else packaged_model_file(entry.packaged_as)
 
 
 def download_url(entry: WeightFile) -> str:

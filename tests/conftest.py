@@ -69,6 +69,27 @@ def parsing_weights(weights_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def retinaface_weights(weights_root: Path) -> Path:
+    """The weights root with a random RetinaFace ResNet-50 in the official layout that finds no faces.
+
+    Random weights alone make it fire everywhere (thousands of "faces"); its classification heads are
+    set to say "background" for every anchor (2 anchors x (background, face) logits per head).
+    """
+    from codeformer.face.detection import _build_retinaface
+
+    path = weights_root / "facelib" / "detection_Resnet50_Final.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        state = _build_retinaface("resnet50", torch.device("cpu")).state_dict()
+        for head in range(3):
+            state[f"ClassHead.{head}.conv1x1.weight"].zero_()
+            state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+    return weights_root
+
+
+@pytest.fixture(scope="session")
 def astronaut_bgr() -> np.ndarray:
     """scikit-image's astronaut (Eileen Collins, NASA, public domain): 512x512, one face, BGR."""
     from skimage import data

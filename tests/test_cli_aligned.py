@@ -120,10 +120,10 @@ def test_bad_options_are_usage_errors(argv: list[str], message: str, capsys: pyt
 
 
 def test_old_flag_spellings_still_work() -> None:
-    from codeformer.cli import build_restore_parser
+    from codeformer.cli import build_parser
 
-    args = build_restore_parser().parse_args(["--w", "0.3", "--test_path", "x", "--upscale", "3"])
-    assert (args.fidelity_weight, args.input_path, args.upscale) == (0.3, "x", 3)
+    args = build_parser().parse_args(["restore", "--w", "0.3", "--test_path", "x", "--upscale", "3"])
+    assert (args.command, args.fidelity_weight, args.input_path, args.upscale) == ("restore", 0.3, "x", 3)
 
 
 def test_missing_input_path(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -231,5 +231,5 @@ def test_precision_auto_is_reported_and_fp16_on_cpu_refused(face_folder: Path, r
                              "--weights_dir", str(empty), "--device", "cpu", "--precision", "fp16", "-q"])
         err = capfd.readouterr().err
         assert code == 1
-        assert err.strip() == "error: --precision fp16 is for GPUs (CPUs compute float16 slowly); use bf16 or fp32"
+        assert err.strip() == "error: --precision fp16: CPUs compute float16 slowly; use bf16 or fp32"
         assert not empty.exists()

@@ -151,13 +151,14 @@ def test_skip_existing_resumes(folder_run, picture_folder: Path, restoration_wei
     assert {p.name: p.stat().st_mtime_ns for p in (out / "final_results").iterdir()} == stamp
 
 
-def test_unknown_detector_lists_valid_names(picture_folder: Path, restoration_weights: Path, tmp_path: Path,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
-    code = restore_main(["-i", str(picture_folder / "blank.png"), "-o", str(tmp_path), "--detection_model", "yolo",
-                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-q"])
+def test_unknown_detector_is_a_usage_error_listing_valid_names(picture_folder: Path, tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:  # refused while parsing: nothing is loaded
+        restore_main(["-i", str(picture_folder / "blank.png"), "-o", str(tmp_path / "out"), "--detection_model",
+                      "yolo", "--device", "cpu", "-q"])
     err = capfd.readouterr().err
-    assert code == 1 and "yolo" in err and "retinaface_resnet50" in err and "dlib" in err
-    assert "Traceback" not in err
+    assert caught.value.code == 2 and "'yolo'" in err and "retinaface_resnet50" in err and "YOLOv5n" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_video_end_to_end(tmp_path: Path, restoration_weights: Path, parsing_weights: Path,

@@ -14,8 +14,8 @@ import torchvision
 
 from codeformer.errors import CodeFormerError
 from codeformer.face import detection
+from codeformer.registry import available_detectors
 from codeformer.face.detection import (
-    DETECTOR_NAMES,
     DetectedFace,
     center_face,
     eye_distance,
@@ -98,9 +98,9 @@ def test_detected_face_copies_and_freezes_its_arrays() -> None:
 
 def test_unknown_detector_name_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(CodeFormerError) as raised:
-        load_detector("YOLOv5l", device="cpu", weights_dir=tmp_path)
+        load_detector("YOLOv5x", device="cpu", weights_dir=tmp_path)
     message = str(raised.value)
-    assert "YOLOv5l" in message and all(name in message for name in DETECTOR_NAMES)
+    assert "YOLOv5x" in message and all(name in message for name in available_detectors())
     assert "\n" not in message
 
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from codeformer import video
+from codeformer.video import stages
 from codeformer.errors import CodeFormerError
 from codeformer.video import (
     VIDEO_EXTENSIONS,
@@ -342,7 +342,11 @@ def test_process_batch_sees_every_frame_in_order_in_batches(
 
     transform_video(clips["silent.mp4"], tmp_path / "o.mp4", record, batch_frames=5, progress=False)
     assert sizes == [5, 5, 2]
-    expected = decode_frames(clips["silent.mp4"])
+    # Decoded as we decode: rounded, with full-resolution chroma interpolation (PyAV's default truncates).
+    with av.open(str(clips["silent.mp4"])) as container:
+        expected = [frame.reformat(format="bgr24", interpolation=stages._DECODE_FLAGS).to_ndarray()
+                    for frame in container.decode(container.streams.video[0])]
+    assert len(seen) == len(expected)
     assert all(np.array_equal(a, b) for a, b in zip(seen, expected))
 
 
@@ -371,7 +375,7 @@ def test_variable_frame_rate_timestamps_are_kept(clips: dict[str, Path], tmp_pat
 def test_frame_times_stay_strictly_increasing(
     pts: int | None, previous: int | None, previous_duration: int, expected: int
 ) -> None:
-    assert video._next_pts(pts, previous, previous_duration) == expected
+    assert stages._next_pts(pts, previous, previous_duration) == expected
 
 
 def test_fps_override_retimes_at_constant_rate(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -509,7 +513,7 @@ def test_failure_in_the_encoder_thread_propagates(
     def broken(*args: object) -> None:
         raise Boom("encoder failed")
 
-    monkeypatch.setattr(video, "_to_yuv_frame", broken)
+    monkeypatch.setattr(stages, "_to_yuv_frame", broken)
     with pytest.raises(Boom, match="encoder failed"):
         transform_video(clips["aac.mp4"], tmp_path / "o.mp4", identity, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -519,7 +523,7 @@ def test_failure_in_the_encoder_thread_propagates(
 def test_failure_in_the_decoder_thread_propagates(
     clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = video._to_bgr
+    original = stages._to_bgr
     decoded = 0
 
     def flaky(*args: object) -> np.ndarray:
@@ -529,7 +533,7 @@ def test_failure_in_the_decoder_thread_propagates(
             raise Boom("decoder failed")
         return original(*args)
 
-    monkeypatch.setattr(video, "_to_bgr", flaky)
+    monkeypatch.setattr(stages, "_to_bgr", flaky)
     with pytest.raises(Boom, match="decoder failed"):
         transform_video(
             clips["aac.mp4"], tmp_path / "o.mp4", identity, batch_frames=2, progress=False
@@ -624,15 +628,15 @@ def test_unsupported_output_container_raises(clips: dict[str, Path], tmp_path: P
 
 
 def test_h264_encoder_is_available() -> None:
-    assert video.h264_encoder() in video.H264_ENCODERS
+    assert stages.h264_encoder() in stages.H264_ENCODERS
 
 
 def test_encoder_settings_map_crf_and_preset() -> None:
-    x264 = video._encoder_settings("libx264", 18, "slow", 1280, 720, Fraction(30))
+    x264 = stages.encoder_settings("libx264", 18, "slow", 1280, 720, Fraction(30))
     assert x264.options == {"crf": "18", "preset": "slow"} and x264.bit_rate is None
     # libopenh264 has only bit-rate control: 6 CRF steps down double the bit rate.
     rates = [
-        video._encoder_settings("libopenh264", crf, "medium", 1280, 720, Fraction(30)).bit_rate
+        stages.encoder_settings("libopenh264", crf, "medium", 1280, 720, Fraction(30)).bit_rate
         for crf in (23, 17)
     ]
     assert rates[0] is not None and rates[1] == pytest.approx(2 * rates[0], rel=1e-6)
@@ -685,3 +689,14 @@ def test_peak_memory_does_not_grow_with_video_length(tmp_path: Path) -> None:
     long_kib = _peak_rss_kib(long, tmp_path / "long_out.mp4")
     assert len(decode_frames(tmp_path / "long_out.mp4")) == LONG_FRAMES
     assert long_kib <= short_kib + MEMORY_MARGIN_KIB, (short_kib, long_kib)
+
+
+@pytest.mark.parametrize("bt709", [False, True])
+def test_unchanged_frames_keep_their_levels(tmp_path: Path, bt709: bool) -> None:
+    """An identity pass must not shift levels: swscale's truncating conversions made it ~2 levels darker."""
+    src = make_clip(tmp_path / "in.mp4", frames=4, size=(400, 360), audio=None, image=face_image(), bt709=bt709)
+    dst = tmp_path / "out.mp4"
+    transform_video(src, dst, identity, crf=0, progress=False)
+    for before, after in zip(decode_frames(src), decode_frames(dst)):
+        offsets = (after.astype(np.float64) - before).reshape(-1, 3).mean(axis=0)  # B, G, R
+        assert np.all(np.abs(offsets) < 0.5), offsets

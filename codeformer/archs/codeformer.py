@@ -333,6 +333,11 @@ def codeformer_config_from_state_dict(
     )
 
 
+def is_codeformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a (canonicalised) state dict is a CodeFormer's: its Transformer and code prediction head."""
+    return "position_emb" in state_dict and "idx_pred_layer.1.weight" in state_dict
+
+
 def build_codeformer(state_dict: Mapping[str, torch.Tensor], *, source: str = "state dict") -> CodeFormer:
     """A :class:`CodeFormer` configured from ``state_dict``, loaded strictly, in eval mode.
 

@@ -169,28 +169,29 @@ def inverse_alignment(affine: np.ndarray, upscale: int) -> np.ndarray:
     return cv2.invertAffineTransform(matrix) * validate_upscale(upscale)
 
 
-def paste_affine(affine: np.ndarray, upscale: int, face_size: int = FACE_SIZE) -> np.ndarray:
+def paste_affine(affine: np.ndarray, upscale: int, face_size: int = FACE_SIZE, crop_size: int = FACE_SIZE) -> np.ndarray:
     """The (2, 3) affine that maps a restored face of side ``face_size`` into the upscaled picture.
 
-    ``affine`` is the alignment (picture at 1x -> 512 crop); the canvas is the picture upscaled by the
-    whole number ``upscale``. Two cases, as in the reference's ``paste_faces_to_input_image``:
+    ``affine`` is the alignment (picture at 1x -> ``crop_size`` crop, 512 for the official networks);
+    the canvas is the picture upscaled by the whole number ``upscale``. Two cases, as in the
+    reference's ``paste_faces_to_input_image``:
 
-    - ``face_size == 512``: the inverse alignment times ``upscale``, plus ``0.5 * upscale`` on the
-      translation when ``upscale > 1`` (the reference's half-pixel offset);
+    - ``face_size == crop_size``: the inverse alignment times ``upscale``, plus ``0.5 * upscale`` on
+      the translation when ``upscale > 1`` (the reference's half-pixel offset);
     - any other side (a face upsampler enlarged the crop; the reference's case is ``512 * upscale``):
-      the crop is taken as the 512 crop scaled by ``k = face_size / 512``, so the linear part is the
+      the face is taken as the crop scaled by ``k = face_size / crop_size``, so the linear part is the
       inverse alignment's times ``upscale / k`` and its translation is times ``upscale``; no offset.
     """
     scale = validate_upscale(upscale)
     if face_size < 1:
         raise ValueError(f"face_size must be positive, got {face_size}")
-    inverse = cv2.invertAffineTransform(_check_affine(affine))  # (2, 3): 512 crop -> picture at 1x
-    if face_size == FACE_SIZE:
+    inverse = cv2.invertAffineTransform(_check_affine(affine))  # (2, 3): crop -> picture at 1x
+    if face_size == crop_size:
         to_canvas = inverse * scale
         if scale > 1:
             to_canvas[:, 2] += HALF_PIXEL * scale
         return to_canvas
-    crop_scale = face_size / FACE_SIZE
+    crop_scale = face_size / crop_size
     to_canvas = inverse.copy()
     to_canvas[:, :2] *= scale / crop_scale
     to_canvas[:, 2] *= scale

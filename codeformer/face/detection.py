@@ -38,7 +38,6 @@ from codeformer.weights import load_state_dict, load_strict, weight_path
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DETECTOR_NAMES",
     "DetectedFace",
     "DlibDetector",
     "FaceDetector",
@@ -46,12 +45,12 @@ __all__ = [
     "center_face",
     "eye_distance",
     "find_faces",
+    "find_faces_in_frames",
     "largest_face",
     "load_detector",
     "rescale_face",
 ]
 
-DETECTOR_NAMES: tuple[str, ...] = ("retinaface_resnet50", "retinaface_mobile0.25", "dlib")
 
 TEMPLATE_FFHQ = "ffhq"  # RetinaFace's 5 points: eye centres, nose tip, mouth corners
 TEMPLATE_DLIB = "dlib"  # dlib's 5 points: outer/inner corner of each eye, bottom of the nose
@@ -240,7 +239,7 @@ def load_detector(
     device: str | torch.device,
     weights_dir: str | os.PathLike[str] | None = None,
 ) -> FaceDetector:
-    """A ready face detector by name (one of :data:`DETECTOR_NAMES`).
+    """A ready face detector by name (one of :func:`codeformer.available_detectors`).
 
     Weights come from :func:`codeformer.weights.weight_path` (downloaded on first use; the dlib files
     are taken from an installed face-recognition-models package when present). ``device`` (a torch
@@ -252,10 +251,15 @@ def load_detector(
         detector = load_detector("retinaface_resnet50", device="cuda")
         faces = detector.detect(cv2.imread("group.jpg"))
     """
-    if name not in DETECTOR_NAMES:
-        raise CodeFormerError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTOR_NAMES)}")
+    from codeformer.registry import model_spec
+
+    model_spec(name, "detector")  # an unknown name raises, listing the valid ones
     if name == "dlib":
         return _load_dlib(weights_dir)
+    if name.startswith("YOLOv5"):
+        from codeformer.face.yolov5face import load_yolov5face  # imports this module: not at the top
+
+        return load_yolov5face(name, device=resolve_device(device), weights_dir=weights_dir)
     return _load_retinaface(name, resolve_device(device), weights_dir)
 
 
@@ -351,16 +355,8 @@ def find_faces(
     """
     image = _check_bgr_image(image)
     height, width = image.shape[:2]
-    scale = 1.0 if detector.name == "dlib" else _detection_scale(height, width, detection_short_side)
-    if scale != 1.0:
-        # Same size rounding as the reference (int truncation), and the same inverse mapping (/ scale).
-        resized = cv2.resize(image, (int(width * scale), int(height * scale)), interpolation=cv2.INTER_LINEAR)
-        faces = [_unscale_like_reference(face, scale) for face in detector.detect(resized)]
-    else:
-        faces = detector.detect(image)
-    logger.debug("%s found %d face(s) in a %dx%d picture", detector.name, len(faces), width, height)
-    if eye_dist_threshold is not None:
-        faces = [face for face in faces if eye_distance(face, detector.template_name) >= eye_dist_threshold]
+    faces = _detect_resized([image], detector, detection_short_side)[0]
+    faces = _keep_frontal(faces, detector, eye_dist_threshold)
     if not faces:
         return []
     if only_keep_largest:
@@ -368,3 +364,53 @@ def find_faces(
     if only_center_face:
         return [center_face(faces, height, width)]
     return faces
+
+
+def find_faces_in_frames(
+    frames: Sequence[np.ndarray],
+    detector: FaceDetector,
+    *,
+    eye_dist_threshold: float | None = DEFAULT_EYE_DIST_THRESHOLD,
+    detection_short_side: int | None = DEFAULT_DETECTION_SHORT_SIDE,
+) -> list[list[DetectedFace]]:
+    """:func:`find_faces` (without the one-face choices) for several frames of one size.
+
+    A detector with ``detect_batch`` (YOLOv5-face) sees all frames in one forward pass; others one
+    by one. The faces found are those :func:`find_faces` finds on each frame (up to float rounding
+    in batched convolutions).
+    """
+    images = [_check_bgr_image(frame) for frame in frames]
+    found = _detect_resized(images, detector, detection_short_side)
+    return [_keep_frontal(faces, detector, eye_dist_threshold) for faces in found]
+
+
+def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector,
+                    detection_short_side: int | None) -> list[list[DetectedFace]]:
+    """Detections per image, each image resized for detection as the reference does, mapped back."""
+    if not images:
+        return []
+    height, width = images[0].shape[:2]
+    scale = 1.0 if detector.name == "dlib" else _detection_scale(height, width, detection_short_side)
+    if scale != 1.0:
+        # Same size rounding as the reference (int truncation), and the same inverse mapping (/ scale).
+        size = (int(width * scale), int(height * scale))
+        images = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images]
+    batch_detect = getattr(detector, "detect_batch", None)
+    same_size = all(image.shape == images[0].shape for image in images)
+    if batch_detect is not None and len(images) > 1 and same_size:
+        found = batch_detect(images)
+    else:
+        found = [detector.detect(image) for image in images]
+    if scale != 1.0:
+        found = [[_unscale_like_reference(face, scale) for face in faces] for faces in found]
+    for faces in found:
+        logger.debug("%s found %d face(s) in a %dx%d picture", detector.name, len(faces), width, height)
+    return found
+
+
+def _keep_frontal(faces: list[DetectedFace], detector: FaceDetector,
+                  eye_dist_threshold: float | None) -> list[DetectedFace]:
+    """Faces whose eyes are at least ``eye_dist_threshold`` pixels apart (drops side views and specks)."""
+    if eye_dist_threshold is None:
+        return faces
+    return [face for face in faces if eye_distance(face, detector.template_name) >= eye_dist_threshold]

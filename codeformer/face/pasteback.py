@@ -71,7 +71,7 @@ import cv2
 import numpy as np
 
 from codeformer.errors import CodeFormerError
-from codeformer.face.alignment import paste_affine, transform_points, validate_upscale
+from codeformer.face.alignment import FACE_SIZE, paste_affine, transform_points, validate_upscale
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class PastedFace:
     face: np.ndarray
     affine: np.ndarray
     parse_mask: np.ndarray | None = None
+    crop_size: int = FACE_SIZE  # side of the crop ``affine`` maps onto (the restorer's input size)
 
 
 def parse_labels_to_mask(labels: np.ndarray) -> np.ndarray:
@@ -227,7 +228,7 @@ def _align_columns(box: _Box, width: int) -> _Box:
 def _plan_face(face: PastedFace, upscale: int, width: int, height: int) -> _FacePlan | None:
     """Geometry of one face on a width x height canvas; ``None`` when it misses the canvas entirely."""
     size = face.face.shape[0]
-    to_canvas = paste_affine(face.affine, upscale, size)
+    to_canvas = paste_affine(face.affine, upscale, size, face.crop_size)
     # Bilinear sampling is non-zero for crop coordinates in (-1, F): map that square's corners.
     corners = np.array([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]])
     mapped = transform_points(to_canvas, corners)  # (4, 2)

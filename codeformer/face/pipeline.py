@@ -1,9 +1,11 @@
 """Whole-picture restoration as small stages: plan, restore, compose.
 
-1. :func:`plan_faces` detects faces and aligns each onto the 512x512 template (the reference's
-   ``read_image`` + ``get_face_landmarks_5`` + ``align_warp_face``);
-2. the crops of any number of plans go through :meth:`FaceRestorer.restore` together, so faces from
-   several pictures (or video frames) share one network forward;
+1. :func:`plan_faces` detects faces, aligns each onto the restorer's template (the reference's
+   ``read_image`` + ``get_face_landmarks_5`` + ``align_warp_face``) and chooses which to restore
+   (:mod:`codeformer.face.selection`); :func:`plan_detected` does the same for faces found elsewhere
+   (a video's tracked, smoothed faces);
+2. the crops of any number of plans go through the :class:`~codeformer.restorer.Restorer` together,
+   so faces from several pictures (or video frames) share one network forward;
 3. :func:`compose` upscales the picture (resize or background upsampler), parses the restored faces
    and pastes them back (the reference's ``paste_faces_to_input_image``).
 
@@ -15,20 +17,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
-from codeformer.color import is_gray, to_gray
-from codeformer.face.alignment import TEMPLATES, estimate_alignment, warp_face
+from codeformer.color import GrayMode, is_gray, to_gray
+from codeformer.face.alignment import FACE_SIZE, TEMPLATES, estimate_alignment, warp_face
 from codeformer.face.detection import DetectedFace, FaceDetector, find_faces
-from codeformer.face.pasteback import PastedFace, paste_faces
+from codeformer.face.pasteback import PARSE_SIZE, PastedFace, paste_faces
+from codeformer.face.selection import FaceSelection, choose_faces, left_to_right_numbers
 from codeformer.imageio import Picture
 
 if TYPE_CHECKING:
+    from codeformer.face.identity import FaceEmbedder
     from codeformer.face.parsing import FaceParser
-    from codeformer.restorer import FaceRestorer
+    from codeformer.restorer import Restorer
     from codeformer.upsampler import Upsampler
 
 logger = logging.getLogger(__name__)
@@ -39,31 +43,62 @@ WORK_MIN_SIDE = 512
 # Eye distance (px, on the working image) below which a detection is a side view or too small.
 EYE_DIST_THRESHOLD = 5.0
 
-GrayMode = Literal["auto", "on", "off"]
-
 
 @dataclass(frozen=True)
 class RestoreOptions:
-    """How faces in whole pictures are restored (the command line's options)."""
+    """How the faces of one picture are restored (per call; the networks are in :class:`Models`)."""
 
-    fidelity_weight: float = 0.5  # 0 = best quality, 1 = most faithful to the input
+    fidelity_weight: float | None = None  # 0 = best quality, 1 = most faithful; None: the model's default
     upscale: int = 2  # output = input size x upscale
-    only_center_face: bool = False
+    selection: FaceSelection = FaceSelection()  # which faces to restore (default: all)
     grayscale: GrayMode = "auto"  # restored faces stay gray in gray pictures
-    use_parse: bool = True  # blend with the ParseNet face mask (else the square soft mask alone)
     draw_box: bool = False
-    batch_size: int = 4  # faces per network forward
+    measure_identity: bool = False  # report each face's identity distance before -> after restoration
+
+    @property
+    def only_center_face(self) -> bool:
+        return self.selection.only_center_face
 
 
 @dataclass
 class Models:
-    """The networks a whole-picture restoration uses; the optional ones may be None."""
+    """The networks a whole-picture restoration uses; the optional ones may be None.
 
-    restorer: FaceRestorer
+    Without a parser, faces are blended with the square soft mask alone.
+    """
+
+    restorer: Restorer
     detector: FaceDetector
     parser: FaceParser | None = None
     bg_upsampler: Upsampler | None = None
     face_upsampler: Upsampler | None = None
+    batch_size: int = 4  # faces per network forward
+    embedder: FaceEmbedder | None = None  # identity embeddings: reference-person selection, identity distances
+
+
+@dataclass(frozen=True, eq=False)
+class RestoredFace:
+    """One restored face of a picture. Coordinates are in the input picture's pixels."""
+
+    box: np.ndarray  # (4,) float64: x1, y1, x2, y2
+    landmarks: np.ndarray  # (5, 2) float64, in the detector's landmark order
+    score: float  # the detector's confidence
+    aligned: np.ndarray  # (S, S, 3) BGR uint8: the aligned crop that went into the network
+    restored: np.ndarray  # (S, S, 3) BGR uint8: what came out (made gray for gray pictures)
+    number: int = 0  # left to right in a picture (from 0), its track in a video
+    identity_distance: float | None = None  # embedding distance aligned -> restored, when measured
+    detected: bool = True  # False: filled in from the neighbouring frames of its track (video)
+
+
+@dataclass(frozen=True, eq=False)
+class SkippedFace:
+    """A face that was found but not restored. Coordinates are in the input picture's pixels."""
+
+    box: np.ndarray  # (4,) float64
+    landmarks: np.ndarray  # (5, 2) float64
+    score: float
+    number: int
+    reason: str  # e.g. "not the largest face", "smaller than 40 px (31 px)"
 
 
 @dataclass(frozen=True)
@@ -72,18 +107,35 @@ class FacePlan:
 
     work_image: np.ndarray  # (h, w, 3) BGR uint8: the picture as detected on (short side >= 512)
     work_scale: float  # work_image size / picture size (1 unless the picture was small)
-    faces: tuple[DetectedFace, ...]  # in the detector's order, coordinates on work_image
-    affines: tuple[np.ndarray, ...]  # (2, 3) each: work_image -> 512 crop
-    crops: tuple[np.ndarray, ...]  # (512, 512, 3) BGR uint8 each
+    faces: tuple[DetectedFace, ...]  # the faces to restore, in the detector's order, coordinates on work_image
+    numbers: tuple[int, ...]  # each face's number: left to right in a picture, its track in a video
+    affines: tuple[np.ndarray, ...]  # (2, 3) each: work_image -> S x S crop
+    crops: tuple[np.ndarray, ...]  # (S, S, 3) BGR uint8 each, S = the restorer's input size
     gray: bool  # restored faces are to be made gray (detected or forced)
+    skipped: tuple[SkippedFace, ...] = ()  # faces found but not restored, and why
 
 
 @dataclass(frozen=True)
-class PictureResult:
-    final: np.ndarray  # (H * s, W * s, C): the picture's dtype and channels
-    faces: tuple[DetectedFace, ...]
-    cropped_faces: tuple[np.ndarray, ...]  # what went into the network
-    restored_faces: tuple[np.ndarray, ...]  # what came out (made gray for gray pictures), 512x512
+class RestoreResult:
+    """A restored picture and its faces.
+
+    ``image``: OpenCV channel order (BGR, BGRA or gray), the input's dtype; a whole picture comes back
+    exactly at input size x upscale, an aligned face as the restored crop, with the input's alpha.
+    ``faces``: one :class:`RestoredFace` per restored face (an aligned input: the one crop, with the
+    crop's frame as its box and the template as its landmarks).
+    """
+
+    image: np.ndarray
+    faces: tuple[RestoredFace, ...]
+    skipped: tuple[SkippedFace, ...] = ()  # faces found but not restored (by the selection), and why
+
+    @property
+    def cropped_faces(self) -> tuple[np.ndarray, ...]:
+        return tuple(face.aligned for face in self.faces)
+
+    @property
+    def restored_faces(self) -> tuple[np.ndarray, ...]:
+        return tuple(face.restored for face in self.faces)
 
 
 def working_image(picture: Picture) -> tuple[np.ndarray, float]:
@@ -96,22 +148,71 @@ def working_image(picture: Picture) -> tuple[np.ndarray, float]:
     return cv2.resize(image, (0, 0), fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR), factor
 
 
-def plan_faces(picture: Picture, detector: FaceDetector, *, only_center_face: bool = False,
-               grayscale: GrayMode = "auto") -> FacePlan:
-    """Detect, select and align the faces of one picture."""
+def alignment_template(restorer: Restorer, landmark_order: str) -> np.ndarray:
+    """Where a detector's 5 landmarks go in the restorer's crops: (5, 2) float64.
+
+    FFHQ-order landmarks take the restorer's own template; other orders (dlib's eye corners) take
+    their 512 template scaled to the restorer's input size.
+    """
+    if landmark_order == "ffhq":
+        return restorer.template
+    return TEMPLATES[landmark_order] * (restorer.input_size / FACE_SIZE)
+
+
+def plan_faces(picture: Picture, models: Models, options: RestoreOptions) -> FacePlan:
+    """Detect the faces of one picture, align them onto the restorer's template and choose which to restore."""
     image, scale = working_image(picture)
-    gray = grayscale == "on" or (grayscale == "auto" and is_gray(image))
-    template = TEMPLATES[detector.template_name]
-    faces, affines, crops = [], [], []
-    for face in find_faces(image, detector, only_center_face=only_center_face, eye_dist_threshold=EYE_DIST_THRESHOLD):
+    faces = find_faces(image, models.detector, eye_dist_threshold=EYE_DIST_THRESHOLD)
+    numbers = left_to_right_numbers(np.array([face.box for face in faces]).reshape(-1, 4))
+    return plan_detected(picture, image, scale, faces, numbers, models, options)
+
+
+def plan_detected(
+    picture: Picture,
+    image: np.ndarray,
+    scale: float,
+    faces: Sequence[DetectedFace],
+    numbers: Sequence[int],
+    models: Models,
+    options: RestoreOptions,
+) -> FacePlan:
+    """Align faces found on the working ``image`` (picture x ``scale``) and choose which to restore."""
+    gray = options.grayscale == "on" or (options.grayscale == "auto" and is_gray(image))
+    template = alignment_template(models.restorer, models.detector.template_name)
+    size = models.restorer.input_size
+    aligned, skipped = [], []
+    for face, number in zip(faces, numbers):
         affine = estimate_alignment(face.landmarks, template)
         if affine is None:  # degenerate landmarks: nothing sensible to crop
-            logger.debug("skipped a face with degenerate landmarks at %s", np.round(face.box).tolist())
+            skipped.append(_skipped(face, scale, number, "degenerate landmarks"))
             continue
-        faces.append(face)
-        affines.append(affine)
-        crops.append(warp_face(image, affine))
-    return FacePlan(image, scale, tuple(faces), tuple(affines), tuple(crops), gray)
+        aligned.append((face, number, affine, warp_face(image, affine, size)))
+    selection = options.selection
+    distances = None
+    if selection.reference is not None and aligned:
+        from codeformer.face.identity import identity_distance
+
+        embedder = _embedder(models)
+        distances = identity_distance(embedder.embed([crop for *_, crop in aligned]), selection.reference).tolist()
+    boxes = np.array([face.box / scale for face, *_ in aligned]).reshape(-1, 4)
+    reasons = choose_faces(boxes, numbers=[number for _, number, *_ in aligned], height=picture.height,
+                           width=picture.width, selection=selection, distances=distances)
+    chosen = [entry for entry, reason in zip(aligned, reasons) if reason is None]
+    skipped += [_skipped(face, scale, number, reason)
+                for (face, number, *_), reason in zip(aligned, reasons) if reason is not None]
+    return FacePlan(image, scale, tuple(face for face, *_ in chosen), tuple(number for _, number, *_ in chosen),
+                    tuple(affine for _, _, affine, _ in chosen), tuple(crop for *_, crop in chosen), gray,
+                    tuple(skipped))
+
+
+def _embedder(models: Models) -> FaceEmbedder:
+    if models.embedder is None:
+        raise ValueError("comparing faces needs Models.embedder (codeformer.face.identity.load_face_embedder())")
+    return models.embedder
+
+
+def _skipped(face: DetectedFace, scale: float, number: int, reason: str) -> SkippedFace:
+    return SkippedFace(face.box / scale, face.landmarks / scale, face.score, number, reason)
 
 
 def finish_restored(plan: FacePlan, restored: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -149,15 +250,17 @@ def compose(
     canvas = _canvas(picture, (work_w * upscale, work_h * upscale), bg_upsampler, upscale)
     if restored:
         faces = list(restored)
+        crop_size = faces[0].shape[0]
         if face_upsampler is not None:
             faces = [face_upsampler.upscale(face, outscale=upscale) for face in faces]
         masks: list[np.ndarray | None] = [None] * len(faces)
         if parser is not None:
-            # The reference parses each pasted face brought back to 512 px.
-            to_parse = [face if face.shape[0] == 512 else cv2.resize(face, (512, 512), interpolation=cv2.INTER_LINEAR)
-                        for face in faces]
+            # The reference parses each pasted face brought back to ParseNet's 512 px.
+            to_parse = [face if face.shape[0] == PARSE_SIZE else
+                        cv2.resize(face, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR) for face in faces]
             masks = list(parser.masks(to_parse, batch_size=batch_size))
-        pasted = [PastedFace(face, affine, parse_mask=mask) for face, affine, mask in zip(faces, plan.affines, masks)]
+        pasted = [PastedFace(face, affine, parse_mask=mask, crop_size=crop_size)
+                  for face, affine, mask in zip(faces, plan.affines, masks)]
         canvas = paste_faces(canvas, pasted, upscale=upscale, draw_box=draw_box)
     target = (picture.width * upscale, picture.height * upscale)
     if (canvas.shape[1], canvas.shape[0]) != target:
@@ -168,31 +271,55 @@ def compose(
     return canvas
 
 
-def restore_pictures(pictures: Sequence[Picture], models: Models, options: RestoreOptions) -> list[PictureResult]:
-    """Restore every face of several pictures, faces of all pictures batched through the network."""
-    plans = [plan_faces(p, models.detector, only_center_face=options.only_center_face, grayscale=options.grayscale)
-             for p in pictures]
+def _in_picture(face: DetectedFace, work_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A face's box and landmarks mapped from the working image back to the picture's pixels."""
+    return face.box / work_scale, face.landmarks / work_scale
+
+
+def restore_pictures(pictures: Sequence[Picture], models: Models, options: RestoreOptions) -> list[RestoreResult]:
+    """Restore the (chosen) faces of several pictures, faces of all pictures batched through the network."""
+    return restore_plans(pictures, [plan_faces(p, models, options) for p in pictures], models, options)
+
+
+def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models: Models, options: RestoreOptions,
+                  *, detected: Sequence[Sequence[bool]] | None = None) -> list[RestoreResult]:
+    """Restore planned faces (all plans' crops batched together) and paste them back into their pictures.
+
+    ``detected``: per plan, per face, False for faces filled in from neighbouring video frames.
+    """
     crops = [crop for plan in plans for crop in plan.crops]
-    outputs = models.restorer.restore(crops, w=options.fidelity_weight, adain=True, batch_size=options.batch_size)
+    outputs = models.restorer.restore(crops, fidelity_weight=options.fidelity_weight, batch_size=models.batch_size)
+    distances: list[float | None] = [None] * len(crops)
+    if options.measure_identity and crops:
+        from codeformer.face.identity import identity_distance
+
+        embedder = _embedder(models)
+        distances = identity_distance(embedder.embed(crops), embedder.embed(outputs)).tolist()
     results, start = [], 0
-    for picture, plan in zip(pictures, plans):
-        restored = finish_restored(plan, outputs[start:start + len(plan.crops)])
-        start += len(plan.crops)
+    for index, (picture, plan) in enumerate(zip(pictures, plans)):
+        count = len(plan.crops)
+        restored = finish_restored(plan, outputs[start:start + count])
         final = compose(
-            picture, plan, restored, upscale=options.upscale,
-            parser=models.parser if options.use_parse else None,
+            picture, plan, restored, upscale=options.upscale, parser=models.parser,
             bg_upsampler=models.bg_upsampler, face_upsampler=models.face_upsampler,
-            draw_box=options.draw_box, batch_size=options.batch_size,
+            draw_box=options.draw_box, batch_size=models.batch_size,
         )
-        results.append(PictureResult(final, plan.faces, plan.crops, tuple(restored)))
+        flags = detected[index] if detected is not None else [True] * count
+        faces = tuple(
+            RestoredFace(*_in_picture(face, plan.work_scale), face.score, crop, out, number, distance, flag)
+            for face, number, crop, out, distance, flag in zip(plan.faces, plan.numbers, plan.crops, restored,
+                                                                 distances[start:start + count], flags)
+        )
+        start += count
+        results.append(RestoreResult(final, faces, plan.skipped))
     return results
 
 
-def restore_picture(picture: Picture, models: Models, options: RestoreOptions) -> PictureResult:
+def restore_picture(picture: Picture, models: Models, options: RestoreOptions) -> RestoreResult:
     """Restore every face of one picture; see :func:`restore_pictures`."""
     return restore_pictures([picture], models, options)[0]
 
 
-def restore_frames(frames: Sequence[np.ndarray], models: Models, options: RestoreOptions) -> list[PictureResult]:
+def restore_frames(frames: Sequence[np.ndarray], models: Models, options: RestoreOptions) -> list[RestoreResult]:
     """Restore consecutive BGR uint8 video frames (faces of all frames share network forwards)."""
     return restore_pictures([Picture(frame, None, 3) for frame in frames], models, options)

@@ -1,0 +1,98 @@
+"""Video faces that hold still: detect every frame, track and smooth, then restore from the smoothed faces.
+
+:class:`TemporalFaceRestorer` is a :class:`codeformer.video.FrameProcessor`: the video stream hands
+it decoded frames; it detects faces on each, pushes them to a :class:`~codeformer.face.tracking.FaceTracker`
+and holds the frames until the tracker has decided them (``window`` frames later). A decided frame is
+aligned with its tracks' smoothed landmarks (so the crop does not shake with the detector's noise),
+faces missed for a few frames are filled in from their neighbours (so they do not blink back to
+unrestored), the faces of all decided frames are restored in one batch and pasted back. Memory is
+the held frames: ``window`` plus one batch, whatever the video's length.
+
+Faces are numbered by track (first appearance from 0), which is what a video's face choice uses.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import numpy as np
+
+from codeformer.face.detection import find_faces_in_frames
+from codeformer.face.pipeline import (
+    EYE_DIST_THRESHOLD,
+    Models,
+    RestoreOptions,
+    RestoreResult,
+    plan_detected,
+    restore_plans,
+    working_image,
+)
+from codeformer.face.tracking import DEFAULT_MAX_GAP, DEFAULT_WINDOW, FaceTracker, TrackedFrame
+from codeformer.imageio import Picture
+
+__all__ = ["TemporalFaceRestorer"]
+
+
+class TemporalFaceRestorer:
+    """Restores a video's frames with tracked, smoothed faces; frames come back ``window`` frames late."""
+
+    def __init__(
+        self,
+        models: Models,
+        options: RestoreOptions,
+        *,
+        window: int = DEFAULT_WINDOW,
+        max_gap: int = DEFAULT_MAX_GAP,
+        on_frame: Callable[[int, RestoreResult], None] | None = None,
+    ) -> None:
+        self._models = models
+        self._options = options
+        self._tracker = FaceTracker(window=window, max_gap=max_gap)
+        self._on_frame = on_frame
+        # Frames pushed to the tracker and not yet restored: (picture, working image, its scale).
+        self._held: deque[tuple[Picture, np.ndarray, float]] = deque()
+        self._next_index = 0
+
+    @property
+    def held_frames(self) -> int:
+        """Frames waiting for the tracker's look-ahead (bounded by the window plus one batch)."""
+        return len(self._held)
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Detect and track ``frames`` (BGR uint8); returns the restored frames now decided, oldest first."""
+        decided: list[TrackedFrame] = []
+        pictures = [Picture(frame, None, 3) for frame in frames]
+        worked = [working_image(picture) for picture in pictures]
+        found = find_faces_in_frames([image for image, _ in worked], self._models.detector,
+                                     eye_dist_threshold=EYE_DIST_THRESHOLD)
+        for picture, (image, scale), faces in zip(pictures, worked, found):
+            self._held.append((picture, image, scale))
+            decided += self._tracker.push(self._next_index, faces)
+            self._next_index += 1
+        return self._restore(decided)
+
+    def flush(self) -> list[np.ndarray]:
+        """The frames still held, restored, at the end of the video."""
+        return self._restore(self._tracker.flush())
+
+    def _restore(self, decided: list[TrackedFrame]) -> list[np.ndarray]:
+        if not decided:
+            return []
+        held = [self._held.popleft() for _ in decided]
+        plans = [
+            plan_detected(picture, image, scale, [face.face for face in frame.faces],
+                          [face.track_id for face in frame.faces], self._models, self._options)
+            for (picture, image, scale), frame in zip(held, decided)
+        ]
+        detected = [[_was_detected(frame, number) for number in plan.numbers] for frame, plan in zip(decided, plans)]
+        results = restore_plans([picture for picture, _, _ in held], plans, self._models, self._options,
+                                detected=detected)
+        if self._on_frame is not None:
+            for frame, result in zip(decided, results):
+                self._on_frame(frame.frame_index, result)
+        return [result.image for result in results]
+
+
+def _was_detected(frame: TrackedFrame, track_id: int) -> bool:
+    return next(face.detected for face in frame.faces if face.track_id == track_id)

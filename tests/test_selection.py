@@ -1,0 +1,121 @@
+"""Choosing faces: the pure rules, then through the pipeline (only the chosen faces change), by identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from codeformer.face.selection import FaceSelection, choose_faces, left_to_right_numbers
+
+# Three faces: left small, middle large, right medium (x1, y1, x2, y2) in a 300 x 100 picture.
+BOXES = np.array([[10, 40, 40, 70], [120, 10, 200, 90], [240, 30, 290, 80]], dtype=float)
+NUMBERS = [0, 1, 2]
+
+
+def reasons(selection: FaceSelection, distances=None) -> list[str | None]:
+    return choose_faces(BOXES, numbers=NUMBERS, height=100, width=300, selection=selection, distances=distances)
+
+
+def test_faces_are_numbered_left_to_right() -> None:
+    shuffled = BOXES[[2, 0, 1]]
+    assert left_to_right_numbers(shuffled) == [2, 0, 1]
+    assert left_to_right_numbers(np.empty((0, 4))) == []
+
+
+def test_every_face_by_default() -> None:
+    assert reasons(FaceSelection()) == [None, None, None]
+    assert FaceSelection().selects_all
+
+
+def test_each_rule_keeps_the_right_faces_and_says_why_not() -> None:
+    assert reasons(FaceSelection(face_index=(0, 2))) == [None, "face 1 is not among the chosen faces", None]
+    assert reasons(FaceSelection(largest_face=True)) == ["not the largest face", None, "not the largest face"]
+    assert reasons(FaceSelection(only_center_face=True))[1] is None
+    assert reasons(FaceSelection(only_center_face=True)).count(None) == 1
+    assert reasons(FaceSelection(min_face_size=40)) == ["smaller than 40 px (30 px)", None, None]
+    by_person = reasons(FaceSelection(reference=np.zeros(128)), distances=[0.3, 0.9, 0.59])
+    assert by_person == [None, "another person (identity distance 0.90 > 0.6)", None]
+
+
+def test_rules_combine_filters_first_then_one_face() -> None:
+    # The largest of the faces that pass the size filter and the numbers.
+    assert reasons(FaceSelection(face_index=(0, 2), largest_face=True)) == [
+        "not the largest face", "face 1 is not among the chosen faces", None]
+
+
+def test_identity_needs_distances() -> None:
+    with pytest.raises(ValueError, match="embedding distances"):
+        reasons(FaceSelection(reference=np.zeros(128)))
+
+
+# ------------------------------------------------------------------------------------ in the pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from test_pipeline import FakeDetector, SMALL_CONFIG
+
+    from checkpoint_factory import random_codeformer
+    from codeformer.pipeline import Pipeline
+    from codeformer.registry import model_spec
+    from codeformer.restorer import FaceRestorer
+
+    restorer = FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu")
+    return Pipeline(model_spec("codeformer", "restorer"), restorer, detector=FakeDetector())
+
+
+def test_only_the_chosen_face_changes(pipe) -> None:
+    from test_pipeline import picture
+
+    image = picture(640, 520)
+    everything = pipe.restore(image, upscale=1).image
+    second_only = pipe.restore(image, upscale=1, face_index=[1])
+    assert [face.number for face in second_only.faces] == [1]
+    assert [(face.number, face.reason) for face in second_only.skipped] == [(0, "face 0 is not among the chosen faces")]
+    changed = np.any(second_only.image != image, axis=2)
+    left, right = changed[:, :320], changed[:, 320:]
+    assert not left.any() and right.any()  # face 0 (left) left exactly as it was
+    # The same face as when every face is restored (one face per batch instead of two: rounding only).
+    assert np.abs(second_only.image[:, 320:].astype(int) - everything[:, 320:]).max() <= 1
+
+
+def test_face_choices_are_checked(pipe) -> None:
+    from codeformer.errors import OptionError
+
+    with pytest.raises(OptionError, match="face_index -1"):
+        pipe.options(face_index=[-1])
+    with pytest.raises(OptionError, match="min_face_size 0"):
+        pipe.options(min_face_size=0)
+
+
+def _two_people(astronaut_bgr: np.ndarray) -> np.ndarray:
+    """The astronaut and the cameraman (scikit-image's public-domain photos) side by side, 512 x 1024."""
+    from skimage import data
+
+    camera = cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)
+    return np.hstack([camera, astronaut_bgr])
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("dlib"), reason="needs dlib")
+def test_reference_face_restores_only_that_person(astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
+    from checkpoint_factory import random_codeformer
+    from codeformer.face.detection import load_detector
+    from codeformer.imageio import write_image
+    from codeformer.pipeline import Pipeline
+    from codeformer.registry import model_spec
+    from codeformer.restorer import FaceRestorer
+    from test_pipeline import SMALL_CONFIG
+
+    pipe = Pipeline(model_spec("codeformer", "restorer"), FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu"),
+                    detector=load_detector("dlib", device="cpu"))
+    both = _two_people(astronaut_bgr)
+    reference = write_image(tmp_path / "astronaut.png", astronaut_bgr)
+    result = pipe.restore(both, upscale=1, reference_face=reference, measure_identity=True)
+    assert len(result.faces) == 1 and len(result.skipped) == 1
+    assert result.faces[0].box[0] > 512  # the astronaut, on the right
+    assert result.skipped[0].reason.startswith("another person (identity distance 0.")
+    assert result.faces[0].identity_distance is not None
+    assert np.array_equal(result.image[:, :512], both[:, :512])  # the cameraman untouched

@@ -1,0 +1,546 @@
+"""The web app: its handlers in-process, the ``/restore`` API through gradio_client, the page in Chromium.
+
+Every network is a small random CodeFormer (128x128 crops) behind a fake detector that "finds" two
+faces at fixed places, injected through the app's pipeline factory; nothing is downloaded. The
+server listens on 127.0.0.1 on a free port and is closed by its fixture. The browser tests drive
+Debian's ``chromium`` (``.ci/run`` installs it) through Playwright, with every request that leaves
+127.0.0.1 aborted and recorded: the page must work, and ask for nothing, with the network closed.
+Set ``CODEFORMER_WEBAPP_SCREENSHOTS`` to a folder to keep the screenshots the tests take.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio", reason="the web app needs gradio (requirements.txt)")
+
+import gradio as gr  # noqa: E402
+from checkpoint_factory import random_codeformer  # noqa: E402
+
+from codeformer import webapp  # noqa: E402
+from codeformer.archs import CodeFormer, CodeFormerConfig  # noqa: E402
+from codeformer.errors import CodeFormerError  # noqa: E402
+from codeformer.face.alignment import FFHQ_TEMPLATE_5  # noqa: E402
+from codeformer.face.detection import DetectedFace  # noqa: E402
+from codeformer.pipeline import Pipeline  # noqa: E402
+from codeformer.registry import model_spec  # noqa: E402
+from codeformer.restorer import FaceRestorer  # noqa: E402
+from codeformer.webapp import PictureOptions, PipelineCache, PipelineChoice  # noqa: E402
+
+SIDE = 128  # crops of the small network
+SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SIDE // 32) ** 2)
+FACE_CENTRES = ((0.3, 0.45), (0.72, 0.55))  # where the fake detector's two faces are, as fractions
+FACE_WIDTH = 0.25  # their size, as a fraction of the picture's width
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_TIMEOUT_MS = 60_000
+
+pytestmark = [
+    # Gradio's queue calls pandas in ways pandas 3 deprecates: not this project's to fix.
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+class FakeDetector:
+    """Two faces at fixed places relative to the picture it is shown."""
+
+    name = "fake"
+    template_name = "ffhq"
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        height, width = image.shape[:2]
+        template = (FFHQ_TEMPLATE_5 - 256.0) / 512.0
+        faces = []
+        for cx, cy in FACE_CENTRES:
+            points = template * FACE_WIDTH * width + [cx * width, cy * height]
+            faces.append(DetectedFace(box=[*(points.min(axis=0) - 20), *(points.max(axis=0) + 20)], score=0.9,
+                                      landmarks=points))
+        return faces
+
+
+@functools.lru_cache(maxsize=1)
+def small_network() -> CodeFormer:
+    """One small random CodeFormer for every model: making one takes seconds, using it is read-only."""
+    return random_codeformer(SMALL_CONFIG, seed=3)
+
+
+class SmallFactory:
+    """Builds pipelines of small random networks, as :func:`webapp.pipeline_loader` builds real ones."""
+
+    def __init__(self) -> None:
+        self.choices: list[PipelineChoice] = []
+
+    def __call__(self, choice: PipelineChoice) -> Pipeline:
+        self.choices.append(choice)
+        spec = model_spec(choice.model, "restorer")
+        # As the registry builds them: colorization pinned at w=0, inpainting at w=1 without AdaIN; models
+        # without a fidelity weight (GFPGAN) stand in as a CodeFormer pinned at w=0.
+        fixed = None if spec.supports_fidelity else 1.0 if spec.task == "inpaint" else 0.0
+        restorer = FaceRestorer(small_network(), "cpu", name=choice.model, fixed_weight=fixed,
+                                adain=spec.task != "inpaint")
+        detector = FakeDetector() if choice.detector is not None and spec.task == "restore" else None
+        return Pipeline(spec, restorer, detector=detector)
+
+
+def smooth_picture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth random BGR uint8 picture, with no pure-white pixel (white means a hole to inpaint)."""
+    coarse = np.random.default_rng(seed).integers(0, 250, (6, 6, 3)).astype(np.float32)
+    return np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 250).astype(np.uint8)
+
+
+def face_picture(side: int) -> np.ndarray:
+    """scikit-image's astronaut (a real face, public domain) as BGR, ``side`` x ``side``, no pure white."""
+    from skimage import data
+
+    bgr = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return np.minimum(cv2.resize(bgr, (side, side), interpolation=cv2.INTER_AREA), 250)
+
+
+def save_png(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small, valid PNG whose header says ``width`` x ``height`` (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4)  # a few rows; never decoded
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def factory() -> SmallFactory:
+    return SmallFactory()
+
+
+@pytest.fixture()
+def cache(factory: SmallFactory) -> PipelineCache:
+    return PipelineCache(factory)
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+def test_restore_keeps_size_depth_and_alpha_in_the_download(cache: PipelineCache, tmp_path: Path) -> None:
+    bgr16 = smooth_picture(200, 160).astype(np.uint16) * 257
+    alpha = np.full((160, 200), 40_000, np.uint16)
+    upload = save_png(tmp_path / "family photo.png", np.dstack([bgr16, alpha]))
+    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(fidelity_weight=0.7, upscale=2),
+                                     tmp_path / "out")
+    (result,) = outcome.results
+    download = cv2.imread(str(result.download), cv2.IMREAD_UNCHANGED)
+    assert download.dtype == np.uint16 and download.shape == (320, 400, 4)
+    assert np.all(download[:, :, 3] == 40_000)
+    assert (result.width, result.height, result.faces) == (400, 320, 2)
+    for preview in (result.before, result.after):  # what the page shows: 8-bit, the output's size
+        shown = cv2.imread(str(preview), cv2.IMREAD_UNCHANGED)
+        assert shown.dtype == np.uint8 and shown.shape[:2] == (320, 400)
+    assert [caption for _, caption in outcome.faces] == ["family photo.png: face 1", "family photo.png: face 2"]
+    assert outcome.message.startswith("family photo.png restored, 2 faces: 400x320 px")
+    assert outcome.notes == ()
+
+
+def test_aligned_faces_come_back_at_the_networks_size(cache: PipelineCache, tmp_path: Path) -> None:
+    upload = save_png(tmp_path / "crop.png", face_picture(SIDE))
+    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(has_aligned=True, upscale=4), tmp_path / "o")
+    assert cv2.imread(str(outcome.results[0].download)).shape == (SIDE, SIDE, 3)
+    assert len(outcome.faces) == 1 and outcome.notes == ()
+
+
+def test_several_pictures_go_on_past_a_bad_one(cache: PipelineCache, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = save_png(tmp_path / "a" / "same.png", smooth_picture(160, 120, seed=1))
+    second = save_png(tmp_path / "b" / "same.png", smooth_picture(160, 120, seed=2))
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    outcome = webapp.restore_uploads(cache, [first, bad, second], PictureOptions(upscale=1), tmp_path / "out")
+    assert [result.name for result in outcome.results] == ["same.png", "same.png"]
+    assert len({result.download for result in outcome.results}) == 2  # same names, distinct downloads
+    assert outcome.notes == ("notes.png: not a readable picture (corrupt, truncated or unsupported format)",)
+    assert outcome.message.startswith("2 pictures restored (4 faces)")
+
+
+def _bad_upload(kind: str, folder: Path) -> Path:
+    if kind == "not a picture":
+        path = folder / "letter.png"
+        path.write_bytes(b"Dear friend,\n" * 10)
+    elif kind == "truncated":
+        path = save_png(folder / "cut.png", smooth_picture(120, 100))
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "huge":
+        path = folder / "bomb.png"
+        path.write_bytes(png_claiming(30_000, 30_000))
+    else:
+        path = folder / "empty.png"
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("not a picture", "letter.png: not a readable picture (corrupt, truncated or unsupported format)"),
+    ("truncated", "cut.png: not a readable picture (corrupt, truncated or unsupported format)"),
+    ("huge", ("bomb.png: 30000x30000 pixels (900.0 megapixels) is over the limit of 150 megapixels; raise it with "
+              "`codeformer ui --max_pixels` if you trust this file")),
+    ("empty", "empty.png: file is empty"),
+])
+def test_bad_uploads_are_one_readable_line(kind: str, message: str, cache: PipelineCache, tmp_path: Path,
+                                           factory: SmallFactory) -> None:
+    upload = _bad_upload(kind, tmp_path)
+    with pytest.raises(CodeFormerError) as caught:
+        webapp.restore_uploads(cache, [upload], PictureOptions(), tmp_path / "out")
+    assert webapp._phrase(caught.value) == message
+    # What the page gets: that line as a Gradio error, not a traceback.
+    page_handler = webapp._shown_in_page(webapp.restore_uploads)
+    with pytest.raises(gr.Error) as shown:
+        page_handler(cache, [upload], PictureOptions(), tmp_path / "out")
+    assert shown.value.message == message and not shown.value.print_exception and shown.value.duration is None
+    assert factory.choices == []  # refused before any network was loaded
+
+
+def test_an_output_over_the_limit_is_refused_before_any_work(cache: PipelineCache, tmp_path: Path,
+                                                             factory: SmallFactory) -> None:
+    upload = save_png(tmp_path / "wide.png", smooth_picture(200, 100))
+    with pytest.raises(CodeFormerError) as caught:
+        webapp.restore_uploads(cache, [upload], PictureOptions(upscale=4), tmp_path / "out", max_pixels=100_000)
+    assert webapp._phrase(caught.value) == (
+        "wide.png: an output of 800x400 pixels (0.3 megapixels) is over the limit of 0.1 megapixels; use a smaller "
+        "scale, or raise the limit with `codeformer ui --max_pixels`")
+    assert factory.choices == []
+    assert webapp.restore_uploads(cache, [upload], PictureOptions(upscale=2), tmp_path / "out",
+                                  max_pixels=100_000).results[0].width == 400
+
+
+def test_models_without_fidelity_control_ignore_the_slider(cache: PipelineCache, tmp_path: Path) -> None:
+    upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
+    gfpgan = next(name for name in webapp.restoration_models() if not webapp.supports_fidelity(name))
+    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(fidelity_weight=0.7, model=gfpgan, upscale=1),
+                                     tmp_path / "o")
+    assert outcome.results[0].faces == 2
+
+
+def test_unexpected_failures_are_one_line_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(gr.Error) as shown:
+        webapp._shown_in_page(broken)()
+    assert shown.value.message == "something went wrong (KeyError); the app's log has the details"
+    assert "Traceback" in caplog.text  # the details are in the server's log, not the page
+
+
+def test_pipelines_are_loaded_once_per_choice_and_bounded(tmp_path: Path, factory: SmallFactory) -> None:
+    cache = PipelineCache(factory, capacity=2)
+    upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
+    for _ in range(2):
+        webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1), tmp_path / "o")
+    assert cache.loads == 1
+    webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1, detector="YOLOv5n"), tmp_path / "o")
+    webapp.colorize_uploads(cache, [save_png(tmp_path / "g.png", face_picture(SIDE))], tmp_path / "o")
+    assert cache.loads == 3
+    assert cache.loaded() == (PipelineChoice(detector="YOLOv5n"), PipelineChoice("codeformer_colorization", None))
+
+
+def test_device_work_is_serialised(tmp_path: Path, factory: SmallFactory) -> None:
+    cache = PipelineCache(factory)
+    active, most = 0, 0
+    guard = threading.Lock()
+    with cache.using(PipelineChoice()) as pipeline:
+        original = pipeline.restore_pictures
+
+        def counted(*args, **kwargs):
+            nonlocal active, most
+            with guard:
+                active += 1
+                most = max(most, active)
+            time.sleep(0.05)  # long enough for the other request to try to get in
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with guard:
+                    active -= 1
+
+        pipeline.restore_pictures = counted  # type: ignore[method-assign]
+    upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
+    errors: list[BaseException] = []
+
+    def request(index: int) -> None:
+        try:
+            webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1), tmp_path / f"o{index}")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=request, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and most == 1 and cache.loads == 1
+
+
+def test_colorize_and_inpaint(cache: PipelineCache, tmp_path: Path) -> None:
+    gray = cv2.cvtColor(cv2.cvtColor(face_picture(SIDE), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    colorized = webapp.colorize_uploads(cache, [save_png(tmp_path / "gray.png", gray)], tmp_path / "c")
+    assert cv2.imread(str(colorized.results[0].download)).shape == (SIDE, SIDE, 3)
+
+    face = face_picture(SIDE)
+    painted = face.copy()
+    painted[40:70, 50:90] = 255
+    outcome = webapp.inpaint_uploads(cache, [save_png(tmp_path / "holes.png", painted)], tmp_path / "i")
+    filled = cv2.imread(str(outcome.results[0].download))
+    changed = np.any(filled != painted, axis=2)
+    assert changed[40:70, 50:90].mean() > 0.9 and not changed[:35].any() and not changed[75:].any()
+
+    # From the page's editor: RGB(A) with an opaque canvas; the alpha it adds is not kept.
+    rgba = np.dstack([cv2.cvtColor(painted, cv2.COLOR_BGR2RGB), np.full((SIDE, SIDE), 255, np.uint8)])
+    edited = webapp.inpaint_painted(cache, rgba, tmp_path / "e")
+    np.testing.assert_array_equal(cv2.imread(str(edited.results[0].download)), filled)
+
+    unpainted = webapp.inpaint_uploads(cache, [save_png(tmp_path / "clean.png", face)], tmp_path / "u")
+    assert unpainted.notes[0].startswith("clean.png: no pure-white (255, 255, 255) pixels, so nothing is filled")
+    with pytest.raises(CodeFormerError, match="upload an aligned face into the editor"):
+        webapp.inpaint_painted(cache, None, tmp_path / "n")
+
+
+def test_aligned_faces_of_another_size_are_resized_with_a_note(cache: PipelineCache, tmp_path: Path) -> None:
+    upload = save_png(tmp_path / "big.png", face_picture(200))
+    outcome = webapp.colorize_uploads(cache, [upload], tmp_path / "c")
+    assert outcome.notes == ((f"big.png: 200x200 is resized to {SIDE}x{SIDE}, the size of aligned faces "
+                              "(see `codeformer crop`)"),)
+
+
+def test_video_keeps_frames_and_audio_and_reports_progress(cache: PipelineCache, tmp_path: Path) -> None:
+    from video_factory import make_clip
+
+    from codeformer.video import probe_video
+
+    clip = make_clip(tmp_path / "holiday.mp4", frames=4, fps=10.0, size=(96, 64), audio="aac")
+    seen: list[float] = []
+    outcome = webapp.restore_video_upload(cache, clip, PictureOptions(upscale=2), tmp_path / "out",
+                                          progress=lambda fraction, _: seen.append(fraction))
+    info = probe_video(outcome.path)
+    assert (info.width, info.height, info.frame_count, info.has_audio) == (192, 128, 4, True)
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert outcome.message.startswith("holiday.mp4 restored: 4 frames at 192x128, audio kept (1 track)")
+    not_video = save_png(tmp_path / "still.png", smooth_picture(64, 64))
+    with pytest.raises(CodeFormerError, match=r"^still.png: not a video this app reads \(.mp4, .mov"):
+        webapp.restore_video_upload(cache, not_video, PictureOptions(), tmp_path / "out")
+
+
+def test_bad_option_values_name_the_pages_controls(cache: PipelineCache, tmp_path: Path) -> None:
+    upload = save_png(tmp_path / "p.png", smooth_picture(64, 64))
+    with pytest.raises(CodeFormerError) as caught:
+        webapp.restore_uploads(cache, [upload], PictureOptions(upscale=2.5), tmp_path / "o")  # type: ignore[arg-type]
+    assert webapp._phrase(caught.value) == "Upscale 2.5: must be a whole number from 1 to 4"
+    with pytest.raises(CodeFormerError, match="unknown face detector 'bogus'; choose one of: retinaface_resnet50"):
+        webapp.restore_uploads(cache, [upload], PictureOptions(detector="bogus"), tmp_path / "o")
+    with pytest.raises(CodeFormerError, match="^upload a picture first$"):
+        webapp.restore_uploads(cache, [], PictureOptions(), tmp_path / "o")
+
+
+def test_ui_command_prints_the_address_and_serves(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import build_parser, main
+
+    args = build_parser().parse_args(["ui"])
+    assert (args.host, args.port, args.share, args.device, args.precision) == ("127.0.0.1", None, False, "auto", "fp32")
+    launched = {}
+
+    class Running:
+        local_url, share_url = "http://127.0.0.1:1234/", None
+
+        def serve_forever(self) -> None:
+            launched["served"] = True
+
+    def fake_launch(**kwargs):
+        launched.update(kwargs)
+        return Running()
+
+    monkeypatch.setattr(webapp, "launch_app", fake_launch)
+    assert main(["ui", "--port", "1234", "--device", "cpu", "--max_pixels", "1000000"]) == 0
+    assert capsys.readouterr().out == "CodeFormer web app: http://127.0.0.1:1234/  (Ctrl+C to stop)\n"
+    assert launched == {"host": "127.0.0.1", "port": 1234, "share": False, "device": "cpu", "precision": "fp32",
+                        "weights_dir": None, "max_pixels": 1_000_000, "served": True}
+
+
+# ---------------------------------------------------------------------------------- the live app
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[webapp.RunningApp]:
+    """The app on 127.0.0.1 (a free port) with small random networks; closed after the module's tests."""
+    running = webapp.serve(PipelineCache(SmallFactory()), host="127.0.0.1", port=webapp.free_port())
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_the_app_listens_on_loopback_without_analytics(server: webapp.RunningApp) -> None:
+    assert server.local_url.startswith("http://127.0.0.1:")
+    assert server.share_url is None
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and server.app.analytics_enabled is False
+
+
+def test_restore_api_through_gradio_client(server: webapp.RunningApp, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    picture = smooth_picture(120, 100).astype(np.uint16) * 257
+    upload = save_png(tmp_path / "scan.png", picture)
+    client = Client(server.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+    path = client.predict(handle_file(str(upload)), fidelity_weight=0.7, upscale=3, api_name="/restore")
+    restored = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert Path(path).name == "scan_restored.png"
+    assert restored.dtype == np.uint16 and restored.shape == (300, 360, 3)
+
+    bad = tmp_path / "scan2.png"
+    bad.write_bytes(upload.read_bytes()[:200])
+    with pytest.raises(Exception) as caught:
+        client.predict(handle_file(str(bad)), api_name="/restore")
+    assert "scan2.png: not a readable picture (corrupt, truncated or unsupported format)" in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+# -------------------------------------------------------------------------------------- the browser
+
+
+# The network as the browser sees it: closed, but for this machine. Every request goes to a proxy
+# that is not there (loopback is never proxied), and no host name resolves. (Playwright's request
+# interception is not used for this: it breaks the image editor's uploads, which go through blob URLs.)
+CLOSED_NETWORK = ["--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        message = "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (requirements.txt) is not installed")
+    with sync_api.sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *CLOSED_NETWORK])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def page(browser, server: webapp.RunningApp) -> Iterator[tuple[object, list[str]]]:
+    """A fresh page on the app, and the requests it made for anything not on this machine (all fail)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    outside: list[str] = []
+    context.on("request", lambda request: None if request.url.startswith((server.local_url, "blob:", "data:"))
+               else outside.append(request.url))
+    tab = context.new_page()
+    tab.set_default_timeout(BROWSER_TIMEOUT_MS)
+    tab.goto(server.local_url)
+    tab.wait_for_selector("#restore-button")
+    try:
+        yield tab, outside
+    finally:
+        context.close()
+
+
+def _screenshot(tab, tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("CODEFORMER_WEBAPP_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tab.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+    return path
+
+
+def _downloaded(tab, tab_name: str, tmp_path: Path, name: str) -> np.ndarray:
+    """The picture behind the first download link of a tab, decoded as stored."""
+    link = tab.locator(f"#{tab_name}-downloads a").first
+    link.wait_for()
+    response = tab.request.get(link.get_attribute("href"))
+    assert response.ok
+    path = tmp_path / name
+    path.write_bytes(response.body())
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_browser_restore(page, tmp_path: Path) -> None:
+    tab, outside = page
+    # The network is closed for the page, as on a machine without one...
+    assert tab.evaluate("fetch('http://example.com/').then(() => 'open', () => 'closed')") == "closed"
+    outside.remove("http://example.com/")
+    upload = save_png(tmp_path / "astronaut.png", face_picture(240))
+    tab.locator("#restore-input input[type=file]").set_input_files(str(upload))
+    tab.locator("#restore-input").get_by_text("astronaut.png").wait_for()
+    tab.click("#restore-button")
+    tab.locator("#restore-message").get_by_text("astronaut.png restored, 2 faces: 480x480 px").wait_for()
+    images = tab.locator("#restore-comparison img")
+    images.last.wait_for()
+    sizes = [images.nth(index).evaluate("img => img.complete && [img.naturalWidth, img.naturalHeight]")
+             for index in range(images.count())]
+    assert sizes == [[480, 480], [480, 480]]  # before and after, at the output's size
+    assert tab.locator("#restore-faces img").count() == 2
+    assert _downloaded(tab, "restore", tmp_path, "result.png").shape == (480, 480, 3)
+    _screenshot(tab, tmp_path, "restore.png")
+    assert outside == []  # ...and the page asked for nothing off this machine
+
+
+def test_browser_bad_upload_shows_a_message(page, tmp_path: Path) -> None:
+    tab, outside = page
+    upload = tmp_path / "holiday.png"
+    upload.write_text("this is not a picture")
+    tab.locator("#restore-input input[type=file]").set_input_files(str(upload))
+    tab.locator("#restore-input").get_by_text("holiday.png").wait_for()
+    tab.click("#restore-button")
+    message = tab.get_by_text("holiday.png: not a readable picture (corrupt, truncated or unsupported format)")
+    message.wait_for()
+    # The message stays until dismissed; wait for its fade-in before taking the picture of the page.
+    tab.wait_for_function("el => getComputedStyle(el.closest('[data-testid=toast-body]') || el).opacity === '1'",
+                          arg=message.element_handle())
+    _screenshot(tab, tmp_path, "bad_upload.png")
+    assert "Traceback" not in tab.content()
+    assert outside == []
+
+
+def test_browser_inpaint_with_the_brush(page, tmp_path: Path) -> None:
+    tab, outside = page
+    face = face_picture(SIDE)
+    upload = save_png(tmp_path / "face.png", face)
+    tab.get_by_role("tab", name="Inpaint").click()
+    tab.locator("#inpaint-editor input[type=file]").first.set_input_files(str(upload))
+    canvas = tab.locator("#inpaint-editor canvas").first
+    canvas.wait_for()
+    time.sleep(0.5)  # the editor draws the uploaded face on its canvas
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    # One horizontal stroke of the white brush across the middle of the face.
+    tab.mouse.move(cx - 40, cy)
+    tab.mouse.down()
+    for step in range(1, 11):
+        tab.mouse.move(cx - 40 + 8 * step, cy)
+    tab.mouse.up()
+    tab.click("#inpaint-button")
+    tab.locator("#inpaint-message").get_by_text("painted_face.png inpainted").wait_for()
+    filled = _downloaded(tab, "inpaint", tmp_path, "inpainted.png")
+    assert filled.shape == (SIDE, SIDE, 3)
+    changed = np.any(np.abs(filled.astype(int) - face.astype(int)) > 8, axis=2)
+    rows = np.flatnonzero(changed.any(axis=1))
+    # The stroke, and only the stroke: a band across the middle changed, top and bottom kept.
+    assert 0.05 < changed.mean() < 0.5 and rows.min() > SIDE * 0.2 and rows.max() < SIDE * 0.8
+    _screenshot(tab, tmp_path, "inpaint.png")
+    assert outside == []
