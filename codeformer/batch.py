@@ -69,12 +69,16 @@ def run_batch(
     desc: str = "restoring",
     unit: str = "image",
     progress: bool = True,
+    describe: Callable[[BaseException], str] = describe_failure,
 ) -> BatchReport:
-    """Run ``batch`` over ``inputs``; never raises for a single input's failure (KeyboardInterrupt does)."""
+    """Run ``batch`` over ``inputs``; never raises for a single input's failure (KeyboardInterrupt does).
+
+    ``describe`` words a failure in one line (the command line names its own flags in it).
+    """
     report = BatchReport()
 
     def fail(path: Path, error: BaseException) -> None:
-        line = describe_failure(error)
+        line = describe(error)
         if not line.startswith(str(path)) and not line.startswith(path.name):
             line = f"{path.name}: {line}"
         logger.error("%s", line)
@@ -140,10 +144,15 @@ def with_suffix_name(stem: str, suffix: str | None, extension: str = ".png") -> 
 
 
 def ensure_writable_folder(folder: Path) -> None:
-    """Create ``folder`` or fail with a one-line error before any work starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CodeFormerError(f"cannot create output folder {folder} ({error.strerror or error})") from None
-    if not os.access(folder, os.W_OK):
-        raise CodeFormerError(f"output folder {folder} is not writable; choose another with -o")
+    """Fail with a one-line error before any work starts if ``folder`` cannot be written (or created).
+
+    Nothing is created here: folders are made when the first output is written into them, so a run
+    that fails early leaves no empty folder behind.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CodeFormerError(f"cannot create output folder {folder}: {existing} is not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CodeFormerError(f"output folder {existing} is not writable; choose another output folder")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from codeformer import __version__
-from codeformer.batch import Batch, BatchReport, ensure_writable_folder, output_stems, run_batch
+from codeformer.batch import Batch, BatchReport, describe_failure, ensure_writable_folder, output_stems, run_batch
 from codeformer.color import GRAY_MODES
 from codeformer.device import DEVICE_CHOICES
 from codeformer.errors import CodeFormerError, OptionError
-from codeformer.imageio import IMAGE_EXTENSIONS, is_image_path, list_images, read_image, write_image
+from codeformer.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PixelLimitError, is_image_path, read_image, write_image
 from codeformer.registry import (
     DEFAULT_DETECTOR,
     DEFAULT_MODEL,
@@ -176,6 +177,9 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser, *, torch_networks: b
                             help="return freed memory to the system at once: less resident memory, slower on CPU")
     parser.add_argument("--weights_dir", default=None,
                         help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
+    parser.add_argument("--max_pixels", type=_int_at_least(1), default=DEFAULT_MAX_PIXELS,
+                        help="refuse pictures, and outputs, with more pixels than this (checked before decoding; "
+                             "default: 150 megapixels)")
     parser.add_argument("--skip_existing", action="store_true",
                         help="skip inputs whose result is already in the output folder (resume a batch)")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
@@ -223,26 +227,63 @@ def _new_parser(prog: str | None, description: str) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------- inputs
 
 
-def collect_images(input_path: str) -> list[Path]:
-    """The pictures named by ``--input_path``: one file, or a folder's pictures sorted by name."""
+@dataclass
+class Inputs:
+    """The pictures an input path names, and the folder entries that are not read (with why)."""
+
+    pictures: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def collect_images(input_path: str) -> Inputs:
+    """The pictures named by ``--input_path``: one file, or a folder's pictures sorted by name.
+
+    Every other entry of a folder is listed in ``skipped`` with its reason (hidden files aside), so
+    the run's summary accounts for the whole folder. Any problem with the path is one line.
+    """
+    from codeformer.imageio import path_problem, scan_folder
+
     path = Path(input_path)
+    kinds = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     if path.is_dir():
-        images = list_images(path)
-        if not images:
-            kinds = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
-            raise CodeFormerError(f"no pictures ({kinds}) in folder {path}")
-        return images
+        scan = scan_folder(path)
+        if not scan.images:
+            others = f" ({len(scan.skipped)} other entries skipped)" if scan.skipped else ""
+            raise CodeFormerError(f"no pictures ({kinds}) in folder {path}{others}")
+        return Inputs(scan.images, scan.skipped)
     if path.is_file():
         if not is_image_path(path):
-            kinds = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
             raise CodeFormerError(f"{path} is not a picture this command reads ({kinds})")
-        return [path]
-    raise CodeFormerError(f"input path {path} does not exist")
+        return Inputs([path], [])
+    try:
+        path.stat()
+    except OSError as error:
+        problem = path_problem(path, error)
+        if problem == "no such file":
+            raise CodeFormerError(f"input path {path} does not exist") from None
+        raise CodeFormerError(f"input path {path}: {problem}") from None
+    except ValueError:
+        raise CodeFormerError(f"input path {input_path!r} is not a valid file name") from None
+    raise CodeFormerError(f"input path {path} is neither a picture, a video nor a folder")
+
+
+def _note_skipped(inputs: Inputs, report: BatchReport) -> BatchReport:
+    """Count and list the folder entries that were not read, so the summary adds up to the folder."""
+    for path, reason in inputs.skipped:
+        logger.warning("skipped %s: %s", path.name, reason)
+    report.skipped += len(inputs.skipped)
+    return report
 
 
 def _input_name(input_path: str) -> str:
     """The input's name for default output folders (a trailing slash is ignored, as the reference does)."""
-    return Path(input_path.rstrip("/\\") or ".").resolve().name
+    # abspath, not resolve: the name as written (".." and "." made concrete), never following links.
+    return Path(os.path.abspath(input_path.rstrip("/\\") or ".")).name
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a failed input, with the library's options named by their flags."""
+    return phrase_error(error) if isinstance(error, CodeFormerError) else describe_failure(error)
 
 
 def _finish(report: BatchReport, out_root: Path, verb: str) -> int:
@@ -254,6 +295,8 @@ def phrase_error(error: CodeFormerError) -> str:
     """A library error as the command line says it: options are named by their flags."""
     if isinstance(error, OptionError) and error.option in OPTION_FLAGS:
         return error.phrased(OPTION_FLAGS[error.option])
+    if isinstance(error, PixelLimitError):
+        return error.phrased("--max_pixels")
     return str(error)
 
 
@@ -287,6 +330,7 @@ def _load(args: argparse.Namespace, model: str, *, whole_pictures: bool, checkpo
         bg_tile=getattr(args, "bg_tile", 400),
         upsampler_half=False if getattr(args, "fp32", False) else None,
         checkpoint=checkpoint,
+        progress=not args.quiet,
     )
     return pipeline
 
@@ -305,6 +349,7 @@ def _options(args: argparse.Namespace, pipeline) -> object:
         draw_box=getattr(args, "draw_box", False),
         grayscale=getattr(args, "grayscale", "auto"),
         measure_identity=getattr(args, "report", False),
+        max_pixels=args.max_pixels,
     )
 
 
@@ -322,10 +367,11 @@ def _run_aligned_files(args: argparse.Namespace, model: str, out_dir: Path, out_
     from codeformer.runs import restore_aligned_files, task_verb
 
     inputs = collect_images(args.input_path)
+    ensure_writable_folder(out_dir)
     pipeline = _load(args, model, whole_pictures=False, checkpoint=checkpoint)
-    report = restore_aligned_files(pipeline, inputs, out_dir, _options(args, pipeline), suffix=args.suffix,
-                                   skip_existing=args.skip_existing, progress=not args.quiet)
-    return _finish(report, out_root, task_verb(pipeline))
+    report = restore_aligned_files(pipeline, inputs.pictures, out_dir, _options(args, pipeline), suffix=args.suffix,
+                                   skip_existing=args.skip_existing, progress=not args.quiet, describe=describe_error)
+    return _finish(_note_skipped(inputs, report), out_root, task_verb(pipeline))
 
 
 # ------------------------------------------------------------------------------ inference_codeformer
@@ -409,6 +455,7 @@ def run_restore(args: argparse.Namespace) -> int:
     input_path = Path(args.input_path)
     if input_path.is_file() and is_video_path(input_path):
         out_root = Path(args.output_path or f"results/{input_path.stem}_{w}")
+        ensure_writable_folder(out_root)
         pipeline = _load(args, args.model, whole_pictures=True)
         restore_video_file(pipeline, input_path, out_root, _options(args, pipeline), suffix=args.suffix,
                            skip_existing=args.skip_existing, save_frames=args.save_frames,
@@ -424,12 +471,13 @@ def run_restore(args: argparse.Namespace) -> int:
     if args.has_aligned:
         return _run_aligned_files(args, args.model, out_root / "restored_faces", out_root)
     inputs = collect_images(args.input_path)
+    ensure_writable_folder(out_root)
     pipeline = _load(args, args.model, whole_pictures=True)
-    report = restore_picture_files(pipeline, inputs, out_root, _options(args, pipeline), suffix=args.suffix,
+    report = restore_picture_files(pipeline, inputs.pictures, out_root, _options(args, pipeline), suffix=args.suffix,
                                    skip_existing=args.skip_existing, progress=not args.quiet,
                                    extension=None if args.ext == "png" else args.ext,
-                                   report=_face_report(args, out_root))
-    return _finish(report, out_root, "restored")
+                                   report=_face_report(args, out_root), describe=describe_error)
+    return _finish(_note_skipped(inputs, report), out_root, "restored")
 
 
 # ---------------------------------------------------------------- colorization / inpainting / vqgan
@@ -503,7 +551,8 @@ def run_crop(args: argparse.Namespace) -> int:
     """``scripts/crop_align_face.py`` / ``codeformer crop``: FFHQ-style aligned 512x512 faces from whole photos."""
     from codeformer.face.ffhq_align import crop_align_faces, load_dlib_models
 
-    inputs = collect_images(args.input_path)
+    collected = collect_images(args.input_path)
+    inputs = collected.pictures
     out_dir = Path(args.output_path)
     ensure_writable_folder(out_dir)
     detector, predictor = load_dlib_models(args.weights_dir)
@@ -527,9 +576,10 @@ def run_crop(args: argparse.Namespace) -> int:
             write_image(out_dir / name, face)
         counts["faces"] += len(faces)
 
-    batch = Batch(load=read_image, process=process, save=save,
+    batch = Batch(load=lambda path: read_image(path, max_pixels=args.max_pixels), process=process, save=save,
                   is_done=(lambda path: first_output(path).is_file()) if args.skip_existing else None)
-    report = run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet)
+    report = _note_skipped(collected, run_batch(inputs, batch, desc="cropping", unit="image", progress=not args.quiet,
+                                                describe=describe_error))
     with_faces = report.done - counts["faceless"]
     logger.info("%d face%s from %d picture%s (%d without a face), skipped %d, failed %d; results in %s",
                 counts["faces"], "" if counts["faces"] == 1 else "s", with_faces, "" if with_faces == 1 else "s",
@@ -621,6 +671,46 @@ def run_ui(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- export
+
+
+def _any_model(text: str) -> str:
+    """``export --model``: any restorer name from the table, or a checkpoint file."""
+    from codeformer.registry import available_models
+
+    if text in available_models() or Path(text).expanduser().is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a model ({', '.join(available_models())}) nor an existing checkpoint file"
+    )
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("format", choices=("onnx",), help="what to export to")
+    parser.add_argument("-o", "--output_path", default=None,
+                        help="the file to write (default: <model>.onnx in the current folder)")
+    parser.add_argument("--model", type=_any_model, default=DEFAULT_MODEL,
+                        help="the restorer to export: a name from the model table or a checkpoint file")
+    parser.add_argument("--opset", type=_int_at_least(14), default=17, help="ONNX opset")
+    parser.add_argument("--weights_dir", default=None,
+                        help="weights root (default: $CODEFORMER_WEIGHTS_DIR, else ./weights)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``codeformer export onnx``: one graph, inputs ``input`` (N x 3 x S x S, RGB in [-1, 1]) and ``weight``."""
+    from codeformer.onnx_export import export_restorer_onnx
+    from codeformer.pipeline import load_pipeline
+
+    output = Path(args.output_path or f"{Path(args.model).stem}.onnx")
+    ensure_writable_folder(output.parent)
+    pipeline = load_pipeline(args.model, detector=None, device="cpu", precision="fp32", weights_dir=args.weights_dir)
+    export_restorer_onnx(pipeline.restorer, output, opset=args.opset)
+    logger.info("wrote %s (%.1f MB)", output, output.stat().st_size / 1e6)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------ the commands
 
 
@@ -650,6 +740,9 @@ COMMANDS: dict[str, Command] = {
                     "--has_aligned, colorization and inpainting.", tune_runtime=False),
     "download": Command(add_download_arguments, run_download,
                         "Download the pretrained files into the weights root, or check them.", tune_runtime=False),
+    "export": Command(add_export_arguments, run_export,
+                      "Export a restorer to ONNX: inputs `input` (N x 3 x 512 x 512, RGB in [-1, 1]) and `weight` "
+                      "(the fidelity weight, live in the graph), output `output`.", tune_runtime=False),
     "ui": Command(add_ui_arguments, run_ui,
                   "Start the web app (Restore, Video, Colorize, Inpaint) in the browser, on this machine."),
 }
@@ -668,11 +761,33 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument -w/--fidelity_weight: {model} has no fidelity control; leave -w out")
 
 
+# Options whose value is a path: a path that starts with "-" (a file named "-x.jpg") is still their value.
+_PATH_OPTIONS = frozenset({"-i", "--input_path", "--test_path", "--in_dir", "-o", "--output_path", "--out_dir",
+                           "--save_root", "--reference_face", "--weights_dir", "--ckpt_path", "--bg_upsampler"})
+
+
+def _attach_dash_paths(argv: Sequence[str]) -> list[str]:
+    """``-i -x.jpg`` -> ``-i=-x.jpg`` when ``-x.jpg`` exists, so argparse does not take it for an option."""
+    joined: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        following = items[index + 1] if index + 1 < len(items) else None
+        if item in _PATH_OPTIONS and following is not None and following.startswith("-") and os.path.lexists(following):
+            joined.append(f"{item}={following}")
+            index += 2
+            continue
+        joined.append(item)
+        index += 1
+    return joined
+
+
 def _command_main(name: str, argv: Sequence[str] | None, prog: str | None, tune_runtime: bool) -> int:
     command = COMMANDS[name]
     parser = _new_parser(prog, command.description)
     command.add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dash_paths(sys.argv[1:] if argv is None else argv))
     _check_combinations(parser, args)
     return _run_command(name, args, tune_runtime)
 
@@ -727,6 +842,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv = ["restore", *argv]  # the reference's habit: flags straight after the program name
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dash_paths(argv))
     _check_combinations(parser, args)
     return _run_command(args.command, args, tune_runtime=True)

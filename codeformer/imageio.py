@@ -150,7 +150,7 @@ def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
     except NotADirectoryError:
         raise CodeFormerError(f"{folder}: cannot list folder (not a folder)") from None
     except OSError as error:
-        raise CodeFormerError(f"{folder}: cannot list folder ({_os_problem(folder, error)})") from None
+        raise CodeFormerError(f"{folder}: cannot list folder ({path_problem(folder, error)})") from None
     images: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     hidden: list[Path] = []
@@ -162,7 +162,7 @@ def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
         try:
             mode = os.stat(path).st_mode  # follows links: a link to a picture is a picture
         except OSError as error:
-            skipped.append((path, _os_problem(path, error)))
+            skipped.append((path, path_problem(path, error)))
             continue
         if stat.S_ISDIR(mode):
             skipped.append((path, SKIP_FOLDER))
@@ -184,7 +184,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 _WINDOWS_CANNOT_RESOLVE = 1921
 
 
-def _os_problem(path: Path, error: OSError) -> str:
+def path_problem(path: Path, error: OSError) -> str:
     """A short, fixed phrase for why ``path`` cannot be opened or listed."""
     if error.errno == errno.ELOOP or getattr(error, "winerror", None) == _WINDOWS_CANNOT_RESOLVE:
         return SKIP_LOOP
@@ -235,7 +235,7 @@ def _read_regular_file(path: Path) -> bytes:
     try:
         descriptor = os.open(path, _READ_FLAGS)
     except OSError as error:
-        raise CodeFormerError(f"{path}: cannot read ({_os_problem(path, error)})") from None
+        raise CodeFormerError(f"{path}: cannot read ({path_problem(path, error)})") from None
     except ValueError:  # a NUL character in the name
         raise CodeFormerError(f"{str(path)!r}: not a valid file name") from None
     try:
@@ -247,7 +247,7 @@ def _read_regular_file(path: Path) -> bytes:
         with open(descriptor, "rb", closefd=False) as file:
             return file.read()
     except OSError as error:
-        raise CodeFormerError(f"{path}: cannot read ({_os_problem(path, error)})") from None
+        raise CodeFormerError(f"{path}: cannot read ({path_problem(path, error)})") from None
     finally:
         os.close(descriptor)
 

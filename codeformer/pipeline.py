@@ -39,7 +39,7 @@ from codeformer.face.pipeline import (
     working_image,
 )
 from codeformer.face.selection import DEFAULT_REFERENCE_DISTANCE, FaceSelection
-from codeformer.imageio import Picture, picture_from_array, read_image
+from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, picture_from_array, read_image
 from codeformer.precision import resolve_precision
 from codeformer.registry import (
     DEFAULT_DETECTOR,
@@ -103,7 +103,8 @@ class Pipeline:
 
     def __init__(self, spec: ModelSpec, restorer: Restorer, *, detector: FaceDetector | None = None,
                  parser: FaceParser | None = None, bg_upsampler: Upsampler | None = None,
-                 face_upsampler: Upsampler | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 face_upsampler: Upsampler | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 progress: bool = False) -> None:
         self.spec = spec
         self.restorer = restorer
         self.detector = detector
@@ -111,6 +112,7 @@ class Pipeline:
         self.bg_upsampler = bg_upsampler
         self.face_upsampler = face_upsampler
         self.batch_size = batch_size
+        self.progress = progress  # progress bars inside long steps (upsampler tiles)
         self._embedder: FaceEmbedder | None = None
 
     @property
@@ -170,7 +172,7 @@ class Pipeline:
                                largest_face=largest_face, face_index=face_index, min_face_size=min_face_size,
                                reference_face=reference_face, reference_distance=reference_distance,
                                draw_box=draw_box, grayscale=grayscale, measure_identity=measure_identity)
-        picture = as_picture(image)
+        picture = as_picture(image, max_pixels=options.max_pixels)
         if has_aligned:
             return self.restore_aligned([picture], options)[0]
         return self.restore_pictures([picture], options)[0]
@@ -189,6 +191,7 @@ class Pipeline:
         draw_box: bool = False,
         grayscale: GrayMode = "auto",
         measure_identity: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> RestoreOptions:
         """Checked per-call options (see :meth:`restore`); a reference face is embedded here, once."""
         if fidelity_weight is not None and not self.restorer.supports_fidelity:
@@ -214,7 +217,8 @@ class Pipeline:
         if measure_identity:
             self._face_embedder()
         return RestoreOptions(fidelity_weight=fidelity_weight, upscale=int(upscale), selection=selection,
-                              grayscale=grayscale, draw_box=draw_box, measure_identity=measure_identity)
+                              grayscale=grayscale, draw_box=draw_box, measure_identity=measure_identity,
+                              max_pixels=max_pixels)
 
     def _face_embedder(self) -> FaceEmbedder:
         """dlib's face-recognition network, loaded on first use (reference-person selection, identity distances)."""
@@ -243,7 +247,7 @@ class Pipeline:
     def _models(self) -> Models:
         assert self.detector is not None
         return Models(self.restorer, self.detector, self.parser, self.bg_upsampler, self.face_upsampler,
-                      batch_size=self.batch_size, embedder=self._embedder)
+                      batch_size=self.batch_size, embedder=self._embedder, progress=self.progress)
 
     def restore_pictures(self, pictures: Sequence[Picture], options: RestoreOptions) -> list[RestoreResult]:
         """Whole pictures: detect, align, restore (faces of all pictures batched), paste back."""
@@ -306,9 +310,13 @@ class Pipeline:
         if not self.whole_pictures:
             raise CodeFormerError(self._aligned_only_reason())
         options = options if options is not None else self.options()
+        # Batching frames pays on a GPU; on a CPU a face costs the same alone, and one frame at a time
+        # lets the progress bar move with every frame.
+        on_gpu = getattr(getattr(self.restorer, "device", None), "type", "cpu") != "cpu"
+        frames_per_step = self.batch_size if on_gpu else 1
         if temporal_smoothing:
             processor = TemporalFaceRestorer(self._models(), options, on_frame=on_frame)
-            return transform_video(src, dst, processor, batch_frames=self.batch_size, fps=fps, crf=crf,
+            return transform_video(src, dst, processor, batch_frames=frames_per_step, fps=fps, crf=crf,
                                    preset=preset, progress=progress)
         frame_index = 0
 
@@ -321,18 +329,18 @@ class Pipeline:
                 frame_index += 1
             return [result.image for result in results]
 
-        return transform_video(src, dst, process, batch_frames=self.batch_size, fps=fps, crf=crf, preset=preset,
+        return transform_video(src, dst, process, batch_frames=frames_per_step, fps=fps, crf=crf, preset=preset,
                                progress=progress)
 
 
-def as_picture(image: ImageInput) -> Picture:
+def as_picture(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
     """A :class:`Picture` from an OpenCV-order array (BGR, BGRA, gray; uint8 or uint16) or a picture file."""
     if isinstance(image, Picture):
         return image
     if isinstance(image, np.ndarray):
-        return picture_from_array(image)
+        return picture_from_array(image, max_pixels=max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+        return read_image(image, max_pixels=max_pixels)
     raise CodeFormerError(f"expected a numpy array or a path to a picture, got {type(image).__name__}")
 
 
@@ -351,6 +359,7 @@ def load_pipeline(
     bg_tile: int = DEFAULT_TILE,
     upsampler_half: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> Pipeline:
     """Load the networks for ``model`` (a name from :func:`codeformer.available_models`, or a checkpoint file).
 
@@ -367,6 +376,7 @@ def load_pipeline(
     - ``weights_dir``: the weights root (default ``$CODEFORMER_WEIGHTS_DIR``, else ``./weights``);
       missing files are downloaded and checked on first use.
     - ``checkpoint``: a file to load for ``model`` instead of its registry file.
+    - ``progress``: show progress bars inside long steps (upsampler tiles).
 
     Unknown names, an unusable device or precision raise :class:`CodeFormerError` before anything
     is loaded or downloaded.
@@ -403,6 +413,6 @@ def load_pipeline(
     face_detector = detector_spec.load(context) if whole_pictures and detector_spec is not None else None
     parser = model_spec(DEFAULT_PARSER, "parser").load(context) if whole_pictures and parse else None
     pipeline = Pipeline(spec, restorer, detector=face_detector, parser=parser, bg_upsampler=bg,
-                        face_upsampler=faces_up, batch_size=batch_size)
+                        face_upsampler=faces_up, batch_size=batch_size, progress=progress)
     logger.info("loaded %s", pipeline.describe())
     return pipeline

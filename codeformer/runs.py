@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from codeformer.batch import Batch, BatchReport, ensure_writable_folder, output_stems, run_batch, with_suffix_name
+from codeformer.batch import (
+    Batch,
+    BatchReport,
+    describe_failure,
+    ensure_writable_folder,
+    output_stems,
+    run_batch,
+    with_suffix_name,
+)
 from codeformer.face.pipeline import RestoreResult, RestoreOptions
 from codeformer.imageio import Picture, read_image, to_uint8, write_image
 
@@ -58,6 +66,14 @@ def write_final_image(path: Path, image: np.ndarray) -> None:
     write_image(path, image)
 
 
+def describe_rate(frames: int, seconds: float) -> str:
+    """A processing rate people can read at any speed: ``12.5 frames/s``, or ``38.2 s/frame`` when slow."""
+    if frames <= 0 or seconds <= 0:
+        return "no frames"
+    rate = frames / seconds
+    return f"{rate:.1f} frames/s" if rate >= 1 else f"{seconds / frames:.1f} s/frame"
+
+
 def task_verb(pipeline: Pipeline) -> str:
     """The summary's verb for the pipeline's task: restored, colorized, inpainted, reconstructed."""
     return _TASK_WORDS[pipeline.task][1]
@@ -81,6 +97,7 @@ def restore_picture_files(
     progress: bool = True,
     extension: str | None = None,
     report: FaceReport | None = None,
+    describe: Callable[[BaseException], str] = describe_failure,
 ) -> BatchReport:
     """Restore every face of every picture; ``<out>/{cropped_faces,restored_faces,final_results}``.
 
@@ -106,9 +123,9 @@ def restore_picture_files(
         logger.info("%s: %d face%s", path.name, count, "" if count == 1 else "s")
 
     # One picture per step: whole pictures can be large; faces within a picture are batched.
-    batch = Batch(load=read_image, process=process, save=save, chunk_size=1,
-                  is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
-    return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress)
+    batch = Batch(load=lambda path: read_image(path, max_pixels=options.max_pixels), process=process, save=save,
+                  chunk_size=1, is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
+    return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress, describe=describe)
 
 
 def restore_aligned_files(
@@ -120,6 +137,7 @@ def restore_aligned_files(
     suffix: str | None = None,
     skip_existing: bool = False,
     progress: bool = True,
+    describe: Callable[[BaseException], str] = describe_failure,
 ) -> BatchReport:
     """Aligned faces through the pipeline's model (restore, colorize, inpaint or reconstruct): ``<out>/<name>.png``."""
     ensure_writable_folder(out_dir)
@@ -129,7 +147,7 @@ def restore_aligned_files(
         return out_dir / with_suffix_name(stems[path], suffix)
 
     def load(path: Path) -> tuple[Path, Picture]:
-        return path, read_image(path)
+        return path, read_image(path, max_pixels=options.max_pixels)
 
     def process(items: list[tuple[Path, Picture]]) -> list[np.ndarray]:
         results = pipeline.restore_aligned([picture for _, picture in items], options,
@@ -140,7 +158,7 @@ def restore_aligned_files(
                   chunk_size=pipeline.batch_size,
                   is_done=(lambda path: target(path).is_file()) if skip_existing else None)
     label, _verb = _TASK_WORDS[pipeline.task]
-    return run_batch(inputs, batch, desc=label, unit="face", progress=progress)
+    return run_batch(inputs, batch, desc=label, unit="face", progress=progress, describe=describe)
 
 
 def restore_video_file(
@@ -184,6 +202,6 @@ def restore_video_file(
                                    fps=fps, crf=crf, preset=preset, progress=progress, on_frame=on_frame)
     if report is not None:
         report.add_video(path.name)
-    logger.info("%s: %d frames, %d faces, %.1f frames/s; saved %s", path.name, stats.frames_out, faces_seen,
-                stats.fps, stats.output)
+    logger.info("%s: %d frames, %d faces, %s; saved %s", path.name, stats.frames_out, faces_seen,
+                describe_rate(stats.frames_out, stats.seconds), stats.output)
     return destination

@@ -52,16 +52,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_TILE",
     "DEFAULT_TILE_PAD",
-    "NAMED_UPSAMPLERS",
     "Tile",
     "Upsampler",
     "load_upsampler",
     "tile_grid",
 ]
 
-# Registry names accepted instead of a path -> file in the weights root. "realesrgan" is the
-# reference's --bg_upsampler value and always meant the x2plus model.
-NAMED_UPSAMPLERS: dict[str, str] = {"realesrgan": "realesrgan/RealESRGAN_x2plus.pth"}
 # Input pixels per tile side: the reference's --bg_tile default.
 DEFAULT_TILE = 400
 # Context pixels on each side of a tile, cropped off after the network: the reference's tile_pad.
@@ -189,11 +185,13 @@ def _load_descriptor(path: Path) -> spandrel.ImageModelDescriptor:
 
 def _resolve_model_file(spec: str | os.PathLike[str], weights_dir: str | os.PathLike[str] | None) -> Path:
     """A registry name's file in the weights root (downloaded on first use), else ``spec`` as a path."""
-    if isinstance(spec, str) and spec in NAMED_UPSAMPLERS:
-        return weight_path(NAMED_UPSAMPLERS[spec], weights_dir)
+    from codeformer.registry import available_upsamplers, model_spec
+
+    if isinstance(spec, str) and spec in available_upsamplers():
+        return weight_path(model_spec(spec, "upsampler").weights[0], weights_dir)
     path = Path(spec).expanduser()
     if not path.is_file():
-        names = ", ".join(repr(name) for name in NAMED_UPSAMPLERS)
+        names = ", ".join(repr(name) for name in available_upsamplers())
         raise CodeFormerError(
             f"upsampler model {str(spec)!r} is neither {names} nor an existing file: check the path"
         )

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -71,6 +71,7 @@ from codeformer.registry import (
     available_upsamplers,
     model_spec,
 )
+from codeformer.video import VIDEO_EXTENSIONS
 
 # Gradio reads this variable itself before each analytics call (whatever the Blocks argument says),
 # and its version check runs unless it is off: set it before gradio is imported, so the app never
@@ -117,7 +118,6 @@ KEEP_REQUESTS = 32
 # How often and after how long Gradio deletes the copies it serves (seconds): an hour each.
 GRADIO_CACHE_CLEANUP = (3600, 3600)
 MAX_UPSCALE = 4
-VIDEO_EXTENSIONS_UI = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 # The page's names for the library options an OptionError can name.
 OPTION_LABELS = {"fidelity_weight": "Fidelity", "upscale": "Upscale", "grayscale": "Keep gray faces"}
 PIXEL_LIMIT_OPTION = "`codeformer ui --max_pixels`"
@@ -323,22 +323,14 @@ def read_upload(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAUL
     return decode_image(data, name=name, max_pixels=max_pixels)
 
 
-def _load_uploads(paths: Sequence[str | os.PathLike[str]], max_pixels: int | None,
-                  notes: list[str]) -> list[tuple[str, Picture]]:
-    """The readable uploads; each unreadable one is a note, and all unreadable is an error."""
+# A picture to process: its name for the user, and how to get it decoded (only when its turn comes).
+Source = tuple[str, Callable[[], Picture]]
+
+
+def _upload_sources(paths: Sequence[str | os.PathLike[str]], max_pixels: int | None) -> list[Source]:
     if not paths:
         raise CodeFormerError("upload a picture first")
-    pictures, failures = [], []
-    for path in paths:
-        try:
-            pictures.append((_upload_name(path), read_upload(path, max_pixels=max_pixels)))
-        except CodeFormerError as error:
-            failures.append(_phrase(error))
-    if not pictures:
-        raise CodeFormerError(failures[0] if len(failures) == 1 else
-                              f"none of the {len(failures)} uploads could be read; first: {failures[0]}")
-    notes.extend(failures)
-    return pictures
+    return [(_upload_name(path), functools.partial(read_upload, path, max_pixels=max_pixels)) for path in paths]
 
 
 def _bgr8(image: np.ndarray) -> np.ndarray:
@@ -384,30 +376,52 @@ def _unique_stems(names: Sequence[str], tag: str) -> list[str]:
     return stems
 
 
-def _process_pictures(cache: PipelineCache, choice: PipelineChoice, pictures: list[tuple[str, Picture]],
-                      folder: Path, *, aligned: bool, options: PictureOptions | None, verb: str,
-                      notes: list[str], max_pixels: int | None, progress: ProgressFn) -> PictureOutcome:
-    """Run pictures through the pipeline for ``choice`` one by one and save what the page needs."""
+def _process_pictures(cache: PipelineCache, choice: PipelineChoice, sources: Sequence[Source], folder: Path, *,
+                      aligned: bool, options: PictureOptions | None, verb: str, max_pixels: int | None,
+                      progress: ProgressFn, check: Callable[[str, Picture], str | None] | None = None) -> PictureOutcome:
+    """Run pictures through the pipeline for ``choice`` and save what the page needs.
+
+    One picture is decoded at a time, so memory holds one picture (and its result) however many were
+    uploaded. A picture that cannot be read or is too big is a note and the others go on; when none
+    is left the first such message is the error. The networks are loaded only once a picture is
+    ready for them, so a bad upload is refused before anything loads. ``check`` may return a note
+    about a picture (e.g. nothing painted to inpaint).
+    """
     upscale = options.upscale if options is not None and not aligned else 1
-    if not aligned:
-        for name, picture in pictures:
-            # Refused before any work: a 4x upscale of a big picture must not run out of memory halfway.
-            check_output_pixels(picture.width, picture.height, upscale, max_pixels, name=name)
-    stems = _unique_stems([name for name, _ in pictures], verb)
+    stems = _unique_stems([name for name, _ in sources], verb)
     started = time.perf_counter()
-    results, gallery = [], []
-    progress(0.0, "loading the networks")
-    with cache.using(choice) as pipeline:
-        run_options = pipeline.options(
-            fidelity_weight=options.fidelity_weight if options is not None else None,
-            upscale=upscale,
-            only_center_face=options.only_center_face if options is not None else False,
-            draw_box=options.draw_box if options is not None else False,
-            grayscale=options.grayscale if options is not None else "auto",
-        )
-        size = pipeline.restorer.input_size
-        for index, ((name, picture), stem) in enumerate(zip(pictures, stems)):
-            progress(index / len(pictures), name)
+    results: list[PictureResult] = []
+    gallery: list[tuple[Path, str]] = []
+    notes: list[str] = []
+    failures: list[str] = []
+    with ExitStack() as held:
+        pipeline, run_options = None, None
+        for index, ((name, load), stem) in enumerate(zip(sources, stems)):
+            progress(index / len(sources), f"reading {name}")
+            try:
+                picture = load()
+                if not aligned:
+                    # Refused before any work: a 4x upscale of a big picture must not run out of memory halfway.
+                    check_output_pixels(picture.width, picture.height, upscale, max_pixels, name=name)
+            except CodeFormerError as error:
+                failures.append(_phrase(error))
+                continue
+            if pipeline is None:
+                progress(index / len(sources), "loading the networks")
+                pipeline = held.enter_context(cache.using(choice))
+                run_options = pipeline.options(
+                    fidelity_weight=options.fidelity_weight if options is not None else None,
+                    upscale=upscale,
+                    only_center_face=options.only_center_face if options is not None else False,
+                    draw_box=options.draw_box if options is not None else False,
+                    grayscale=options.grayscale if options is not None else "auto",
+                )
+            assert run_options is not None
+            progress(index / len(sources), name)
+            note = check(name, picture) if check is not None else None
+            if note is not None:
+                notes.append(note)
+            size = pipeline.restorer.input_size
             if aligned and (picture.width, picture.height) != (size, size):
                 notes.append(f"{name}: {picture.width}x{picture.height} is resized to {size}x{size}, the size of "
                              "aligned faces (see `codeformer crop`)")
@@ -415,16 +429,18 @@ def _process_pictures(cache: PipelineCache, choice: PipelineChoice, pictures: li
                 result = pipeline.restore_aligned([picture], run_options, names=[name])[0]
             else:
                 result = pipeline.restore_pictures([picture], run_options)[0]
-            if not aligned and not result.faces:
-                notes.append(f"{name}: no face found; the picture is only upscaled")
+                if not result.faces:
+                    notes.append(f"{name}: no face found; the picture is only upscaled")
             results.append(_save_result(folder, stem, name, picture, result))
             for number, face in enumerate(result.faces, 1):
                 face_path = write_image(folder / "faces" / f"{stem}_{number:02d}.png", face.restored)
-                caption = name if aligned else f"{name}: face {number}"
-                gallery.append((face_path, caption))
+                gallery.append((face_path, name if aligned else f"{name}: face {number}"))
+    if not results:
+        raise CodeFormerError(failures[0] if len(failures) == 1 else
+                              f"none of the {len(failures)} pictures could be used; first: {failures[0]}")
     progress(1.0, "done")
     return PictureOutcome(tuple(results), tuple(gallery),
-                          _summary(results, verb, aligned, time.perf_counter() - started), tuple(notes))
+                          _summary(results, verb, aligned, time.perf_counter() - started), (*failures, *notes))
 
 
 def _summary(results: Sequence[PictureResult], verb: str, aligned: bool, seconds: float) -> str:
@@ -447,15 +463,13 @@ def restore_uploads(cache: PipelineCache, paths: Sequence[str | os.PathLike[str]
     """The Restore tab: restore the faces of uploaded pictures (whole, or aligned 512x512 crops).
 
     A file that cannot be read among several is a note and the others go on; a picture (or its
-    output at ``options.upscale``) over ``max_pixels`` is refused before any work.
+    output at ``options.upscale``) over ``max_pixels`` is refused before any work on it.
     """
     options = options.checked()
     if options.fidelity_weight is not None and not 0.0 <= options.fidelity_weight <= 1.0:
         raise OptionError("fidelity_weight", options.fidelity_weight, "is outside [0, 1]")
-    notes: list[str] = []
-    pictures = _load_uploads(paths, max_pixels, notes)
-    return _process_pictures(cache, options.choice(), pictures, folder, aligned=options.has_aligned,
-                             options=options, verb="restored", notes=notes, max_pixels=max_pixels,
+    return _process_pictures(cache, options.choice(), _upload_sources(paths, max_pixels), folder,
+                             aligned=options.has_aligned, options=options, verb="restored", max_pixels=max_pixels,
                              progress=progress)
 
 
@@ -463,20 +477,16 @@ def colorize_uploads(cache: PipelineCache, paths: Sequence[str | os.PathLike[str
                      max_pixels: int | None = DEFAULT_MAX_PIXELS,
                      progress: ProgressFn = _no_progress) -> PictureOutcome:
     """The Colorize tab: colorize black-and-white or faded aligned faces."""
-    notes: list[str] = []
-    pictures = _load_uploads(paths, max_pixels, notes)
-    return _process_pictures(cache, PipelineChoice("codeformer_colorization", None), pictures, folder,
-                             aligned=True, options=None, verb="colorized", notes=notes, max_pixels=max_pixels,
-                             progress=progress)
+    return _process_pictures(cache, PipelineChoice("codeformer_colorization", None),
+                             _upload_sources(paths, max_pixels), folder, aligned=True, options=None,
+                             verb="colorized", max_pixels=max_pixels, progress=progress)
 
 
 def inpaint_uploads(cache: PipelineCache, paths: Sequence[str | os.PathLike[str]], folder: Path, *,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS,
                     progress: ProgressFn = _no_progress) -> PictureOutcome:
     """The Inpaint tab, for faces painted elsewhere: fill their pure-white pixels."""
-    notes: list[str] = []
-    pictures = _load_uploads(paths, max_pixels, notes)
-    return _inpaint(cache, pictures, folder, notes, max_pixels, progress)
+    return _inpaint(cache, _upload_sources(paths, max_pixels), folder, max_pixels, progress)
 
 
 def inpaint_painted(cache: PipelineCache, painted_rgb: np.ndarray | None, folder: Path, *,
@@ -494,20 +504,24 @@ def inpaint_painted(cache: PipelineCache, painted_rgb: np.ndarray | None, folder
     else:
         bgr = painted_rgb
     picture = picture_from_array(np.ascontiguousarray(bgr), name="the painted face", max_pixels=max_pixels)
-    return _inpaint(cache, [("painted_face.png", picture)], folder, [], max_pixels, progress)
+    return _inpaint(cache, [("painted_face.png", lambda: picture)], folder, max_pixels, progress)
 
 
-def _inpaint(cache: PipelineCache, pictures: list[tuple[str, Picture]], folder: Path, notes: list[str],
-             max_pixels: int | None, progress: ProgressFn) -> PictureOutcome:
+def _inpaint(cache: PipelineCache, sources: Sequence[Source], folder: Path, max_pixels: int | None,
+             progress: ProgressFn) -> PictureOutcome:
+    return _process_pictures(cache, PipelineChoice("codeformer_inpainting", None), sources, folder, aligned=True,
+                             options=None, verb="inpainted", max_pixels=max_pixels, progress=progress,
+                             check=_unpainted)
+
+
+def _unpainted(name: str, picture: Picture) -> str | None:
+    """A note when a face to inpaint has no hole painted: the network would change nothing."""
     from codeformer.aligned import PAINT_VALUE
 
-    for name, picture in pictures:
-        if not np.any(np.all(picture.bgr8() == PAINT_VALUE, axis=2)):
-            notes.append(f"{name}: no pure-white (255, 255, 255) pixels, so nothing is filled; paint the holes "
-                         "with the white brush")
-    return _process_pictures(cache, PipelineChoice("codeformer_inpainting", None), pictures, folder,
-                             aligned=True, options=None, verb="inpainted", notes=notes, max_pixels=max_pixels,
-                             progress=progress)
+    if np.any(np.all(picture.bgr8() == PAINT_VALUE, axis=2)):
+        return None
+    return (f"{name}: no pure-white (255, 255, 255) pixels, so nothing is filled; paint the holes with the "
+            "white brush")
 
 
 def restore_api(cache: PipelineCache, path: str | os.PathLike[str] | None, options: PictureOptions,
@@ -531,7 +545,7 @@ def restore_video_upload(cache: PipelineCache, path: str | os.PathLike[str] | No
         raise CodeFormerError("upload a video first")
     name = _upload_name(path)
     if not is_video_path(path):
-        raise CodeFormerError(f"{name}: not a video this app reads ({', '.join(VIDEO_EXTENSIONS_UI)})")
+        raise CodeFormerError(f"{name}: not a video this app reads ({', '.join(VIDEO_EXTENSIONS)})")
     options = options.checked()
     info = probe_video(path)
     check_output_pixels(info.width, info.height, options.upscale, max_pixels, name=name)
@@ -754,7 +768,7 @@ def build_app(cache: PipelineCache, *, output_root: str | os.PathLike[str],
             with gr.Tab("Video", id="video"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        video_file = gr.File(label="Video", file_types=list(VIDEO_EXTENSIONS_UI),
+                        video_file = gr.File(label="Video", file_types=list(VIDEO_EXTENSIONS),
                                              elem_id="video-input")
                         video_fidelity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Fidelity",
                                                    info="0 = best quality, 1 = most faithful to the input")

@@ -112,7 +112,9 @@ def test_missing_dlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def _save_official_retinaface(name: str, weights_dir: Path, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random RetinaFace weights saved like the official files (DataParallel's `module.` prefix)."""
-    network_name, key = detection._RETINAFACE_VARIANTS[name]
+    from codeformer.registry import model_spec
+
+    network_name, key = detection._RETINAFACE_NETWORKS[name], model_spec(name, "detector").weights[0]
     torch.manual_seed(seed)
     state = detection._build_retinaface(network_name, torch.device("cpu")).state_dict()
     path = weights_dir / key

@@ -57,14 +57,20 @@ def expected_landmarks(width: int, height: int) -> list[np.ndarray]:
     return [template * FACE_WIDTH * width + [cx * width, cy * height] for cx, cy in FACE_CENTRES]
 
 
-@pytest.fixture(scope="module")
-def restorer() -> FaceRestorer:
-    return FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu")
+def small_pipeline(detector: object | None = None) -> Pipeline:
+    """A whole-picture pipeline on the small network (128x128 crops), with the fake two-face detector."""
+    restorer = FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu")
+    return Pipeline(model_spec("codeformer", "restorer"), restorer, detector=detector or FakeDetector())
 
 
 @pytest.fixture(scope="module")
-def pipe(restorer: FaceRestorer) -> Pipeline:
-    return Pipeline(model_spec("codeformer", "restorer"), restorer, detector=FakeDetector())
+def pipe() -> Pipeline:
+    return small_pipeline()
+
+
+@pytest.fixture(scope="module")
+def restorer(pipe: Pipeline) -> FaceRestorer:
+    return pipe.restorer
 
 
 def picture(width: int = 640, height: int = 520, seed: int = 0) -> np.ndarray:

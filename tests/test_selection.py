@@ -56,15 +56,9 @@ def test_identity_needs_distances() -> None:
 
 @pytest.fixture(scope="module")
 def pipe():
-    from test_pipeline import FakeDetector, SMALL_CONFIG
+    from test_pipeline import small_pipeline
 
-    from checkpoint_factory import random_codeformer
-    from codeformer.pipeline import Pipeline
-    from codeformer.registry import model_spec
-    from codeformer.restorer import FaceRestorer
-
-    restorer = FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu")
-    return Pipeline(model_spec("codeformer", "restorer"), restorer, detector=FakeDetector())
+    return small_pipeline()
 
 
 def test_only_the_chosen_face_changes(pipe) -> None:
@@ -101,16 +95,11 @@ def _two_people(astronaut_bgr: np.ndarray) -> np.ndarray:
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("dlib"), reason="needs dlib")
 def test_reference_face_restores_only_that_person(astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
-    from checkpoint_factory import random_codeformer
     from codeformer.face.detection import load_detector
     from codeformer.imageio import write_image
-    from codeformer.pipeline import Pipeline
-    from codeformer.registry import model_spec
-    from codeformer.restorer import FaceRestorer
-    from test_pipeline import SMALL_CONFIG
+    from test_pipeline import small_pipeline
 
-    pipe = Pipeline(model_spec("codeformer", "restorer"), FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu"),
-                    detector=load_detector("dlib", device="cpu"))
+    pipe = small_pipeline(load_detector("dlib", device="cpu"))
     both = _two_people(astronaut_bgr)
     reference = write_image(tmp_path / "astronaut.png", astronaut_bgr)
     result = pipe.restore(both, upscale=1, reference_face=reference, measure_identity=True)

@@ -119,3 +119,24 @@ def test_a_processor_that_returns_too_many_frames_is_refused(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="returned 6 frames while holding 3"):
         transform_video(clip, tmp_path / "out.mp4", Greedy(), batch_frames=4, progress=False)
     assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("dlib"), reason="needs dlib")
+def test_the_benchmark_clip_holds_still_and_keeps_its_face(tmp_path: Path) -> None:
+    """A few frames of the flicker benchmark: a real face with noise, shake, a pan and two blurred frames."""
+    from benchmarks.bench_temporal import AnchoredRestorer, CachedDetector, flicker, make_clip
+    from codeformer.face.detection import load_detector
+    from codeformer.face.pipeline import restore_pictures
+    from codeformer.imageio import Picture
+
+    clip, shifts, blurred = make_clip(8, pan=0.5)
+    models = Models(AnchoredRestorer(), CachedDetector(load_detector("dlib", device="cpu")), batch_size=4)
+    options = RestoreOptions(upscale=1)
+    per_frame = restore_pictures([Picture(frame, None, 3) for frame in clip], models, options)
+    assert [i for i, result in enumerate(per_frame) if not result.faces] == blurred  # the detector misses them
+    unrestored: list[int] = []
+    processor = TemporalFaceRestorer(models, options, on_frame=lambda i, r: unrestored.append(i) if not r.faces else None)
+    smoothed = processor.process(clip) + processor.flush()
+    assert unrestored == []  # the blurred frames keep their face, filled in from the track
+    pans = np.array([[0.5 * index, 0.0] for index in range(8)])  # undo the pan, keep the shake (the jitter)
+    assert flicker(smoothed, pans, blurred) < 0.5 * flicker([r.image for r in per_frame], pans, blurred)

@@ -39,12 +39,20 @@ from codeformer.registry import model_spec  # noqa: E402
 from codeformer.restorer import FaceRestorer  # noqa: E402
 from codeformer.webapp import PictureOptions, PipelineCache, PipelineChoice  # noqa: E402
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the browser tests skip; the others run
+    PlaywrightTimeout = TimeoutError  # type: ignore[misc, assignment]
+    sync_playwright = None  # type: ignore[assignment]
+
 SIDE = 128  # crops of the small network
 SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SIDE // 32) ** 2)
 FACE_CENTRES = ((0.3, 0.45), (0.72, 0.55))  # where the fake detector's two faces are, as fractions
 FACE_WIDTH = 0.25  # their size, as a fraction of the picture's width
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_TIMEOUT_MS = 60_000
+EDITOR_UPLOAD_TRIES = 3
 
 pytestmark = [
     # Gradio's queue calls pandas in ways pandas 3 deprecates: not this project's to fix.
@@ -355,7 +363,7 @@ def test_bad_option_values_name_the_pages_controls(cache: PipelineCache, tmp_pat
 
 def test_ui_command_prints_the_address_and_serves(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from codeformer.cli import build_parser, main
+    from codeformer.cli import COMMANDS, build_parser
 
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port, args.share, args.device, args.precision) == ("127.0.0.1", None, False, "auto", "fp32")
@@ -372,7 +380,9 @@ def test_ui_command_prints_the_address_and_serves(monkeypatch: pytest.MonkeyPatc
         return Running()
 
     monkeypatch.setattr(webapp, "launch_app", fake_launch)
-    assert main(["ui", "--port", "1234", "--device", "cpu", "--max_pixels", "1000000"]) == 0
+    # The command's body, without the process-wide CPU tuning `main` applies (it would outlive this test).
+    ui_args = build_parser().parse_args(["ui", "--port", "1234", "--device", "cpu", "--max_pixels", "1000000"])
+    assert COMMANDS["ui"].run(ui_args) == 0
     assert capsys.readouterr().out == "CodeFormer web app: http://127.0.0.1:1234/  (Ctrl+C to stop)\n"
     assert launched == {"host": "127.0.0.1", "port": 1234, "share": False, "device": "cpu", "precision": "fp32",
                         "weights_dir": None, "max_pixels": 1_000_000, "served": True}
@@ -432,8 +442,9 @@ def browser() -> Iterator[object]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (requirements.txt) is not installed")
-    with sync_api.sync_playwright() as playwright:
+    if sync_playwright is None:
+        pytest.skip("playwright (requirements.txt) is not installed")
+    with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *CLOSED_NETWORK])
         try:
@@ -457,6 +468,13 @@ def page(browser, server: webapp.RunningApp) -> Iterator[tuple[object, list[str]
         yield tab, outside
     finally:
         context.close()
+
+
+def _upload(tab, zone: str, path: Path) -> None:
+    """Choose ``path`` in the file upload ``zone`` and wait until the page lists it."""
+    tab.locator(f"{zone} input[type=file]").set_input_files(str(path))
+    # The page shows a name's stem and extension in separate elements when it shortens long names.
+    tab.locator(zone).get_by_text(path.stem).first.wait_for()
 
 
 def _screenshot(tab, tmp_path: Path, name: str) -> Path:
@@ -485,8 +503,7 @@ def test_browser_restore(page, tmp_path: Path) -> None:
     assert tab.evaluate("fetch('http://example.com/').then(() => 'open', () => 'closed')") == "closed"
     outside.remove("http://example.com/")
     upload = save_png(tmp_path / "astronaut.png", face_picture(240))
-    tab.locator("#restore-input input[type=file]").set_input_files(str(upload))
-    tab.locator("#restore-input").get_by_text("astronaut.png").wait_for()
+    _upload(tab, "#restore-input", upload)
     tab.click("#restore-button")
     tab.locator("#restore-message").get_by_text("astronaut.png restored, 2 faces: 480x480 px").wait_for()
     images = tab.locator("#restore-comparison img")
@@ -504,8 +521,7 @@ def test_browser_bad_upload_shows_a_message(page, tmp_path: Path) -> None:
     tab, outside = page
     upload = tmp_path / "holiday.png"
     upload.write_text("this is not a picture")
-    tab.locator("#restore-input input[type=file]").set_input_files(str(upload))
-    tab.locator("#restore-input").get_by_text("holiday.png").wait_for()
+    _upload(tab, "#restore-input", upload)
     tab.click("#restore-button")
     message = tab.get_by_text("holiday.png: not a readable picture (corrupt, truncated or unsupported format)")
     message.wait_for()
@@ -522,11 +538,19 @@ def test_browser_inpaint_with_the_brush(page, tmp_path: Path) -> None:
     face = face_picture(SIDE)
     upload = save_png(tmp_path / "face.png", face)
     tab.get_by_role("tab", name="Inpaint").click()
-    tab.locator("#inpaint-editor input[type=file]").first.set_input_files(str(upload))
-    canvas = tab.locator("#inpaint-editor canvas").first
-    canvas.wait_for()
-    time.sleep(0.5)  # the editor draws the uploaded face on its canvas
-    box = canvas.bounding_box()
+    placeholder = tab.locator("#inpaint-editor").get_by_text("Upload an image")
+    placeholder.wait_for()
+    for attempt in range(EDITOR_UPLOAD_TRIES):
+        # The editor sets up its canvas after it appears and may miss a file chosen meanwhile: choose it
+        # again then (each choice replaces the last, so a late first one does no harm).
+        tab.locator("#inpaint-editor input[type=file]").first.set_input_files(str(upload))
+        try:
+            placeholder.wait_for(state="hidden", timeout=BROWSER_TIMEOUT_MS // EDITOR_UPLOAD_TRIES)
+            break
+        except PlaywrightTimeout:
+            if attempt == EDITOR_UPLOAD_TRIES - 1:
+                raise
+    box = tab.locator("#inpaint-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     # One horizontal stroke of the white brush across the middle of the face.
     tab.mouse.move(cx - 40, cy)

@@ -27,7 +27,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from codeformer.errors import CodeFormerError
+from codeformer.errors import OptionError
 
 __all__ = [
     "BORDER_FILL_BGR",
@@ -100,10 +100,10 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
 
 
 def validate_upscale(upscale: int) -> int:
-    """``upscale`` as an int; a fractional, zero or negative factor (from -s / --upscale) is a user error."""
+    """``upscale`` as an int; a fractional, zero or negative factor is a user error."""
     # The reference takes int(upscale) and builds pixel kernels from it: only whole factors make sense.
     if isinstance(upscale, bool) or int(upscale) != upscale or upscale < 1:
-        raise CodeFormerError(f"the upscale factor must be a whole number >= 1 (got {upscale!r}): pass e.g. -s 2")
+        raise OptionError("upscale", upscale, "must be a whole number >= 1")
     return int(upscale)
 
 

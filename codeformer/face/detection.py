@@ -33,6 +33,7 @@ import torch
 
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError
+from codeformer.registry import model_spec
 from codeformer.weights import load_state_dict, load_strict, weight_path
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,8 @@ __all__ = [
 TEMPLATE_FFHQ = "ffhq"  # RetinaFace's 5 points: eye centres, nose tip, mouth corners
 TEMPLATE_DLIB = "dlib"  # dlib's 5 points: outer/inner corner of each eye, bottom of the nose
 
-# RetinaFace variant -> (facexlib network name, file in the weights root).
-_RETINAFACE_VARIANTS: Mapping[str, tuple[str, str]] = {
-    "retinaface_resnet50": ("resnet50", "facelib/detection_Resnet50_Final.pth"),
-    "retinaface_mobile0.25": ("mobile0.25", "facelib/detection_mobilenet0.25_Final.pth"),
-}
-DLIB_DETECTOR_KEY = "dlib/mmod_human_face_detector-4cb19393.dat"
-DLIB_SHAPE_PREDICTOR_KEY = "dlib/shape_predictor_5_face_landmarks-c4b1e980.dat"
+# RetinaFace variant -> facexlib's network name (the files are in codeformer.registry).
+_RETINAFACE_NETWORKS: Mapping[str, str] = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
 
 # facexlib's / the reference's `detect_faces` defaults, which the reference never overrides.
 RETINAFACE_CONF_THRESHOLD = 0.8
@@ -164,8 +160,8 @@ def _build_retinaface(network_name: str, device: torch.device) -> torch.nn.Modul
 
 
 def _load_retinaface(name: str, device: torch.device, weights_dir: str | os.PathLike[str] | None) -> RetinaFaceDetector:
-    network_name, key = _RETINAFACE_VARIANTS[name]
-    path = weight_path(key, weights_dir)
+    network_name = _RETINAFACE_NETWORKS[name]
+    path = weight_path(model_spec(name, "detector").weights[0], weights_dir)
     state = load_state_dict(path)  # the official files carry DataParallel's `module.`: stripped there
     network = _build_retinaface(network_name, device)
     load_strict(network, state, path, f"RetinaFace ({network_name})")
@@ -219,8 +215,9 @@ def _import_dlib() -> Any:
 
 def _load_dlib(weights_dir: str | os.PathLike[str] | None) -> DlibDetector:
     dlib = _import_dlib()
-    detector_path = weight_path(DLIB_DETECTOR_KEY, weights_dir)
-    predictor_path = weight_path(DLIB_SHAPE_PREDICTOR_KEY, weights_dir)
+    detector_key, predictor_key = model_spec("dlib", "detector").weights
+    detector_path = weight_path(detector_key, weights_dir)
+    predictor_path = weight_path(predictor_key, weights_dir)
     try:
         face_detector = dlib.cnn_face_detection_model_v1(str(detector_path))
         shape_predictor = dlib.shape_predictor(str(predictor_path))
@@ -251,8 +248,6 @@ def load_detector(
         detector = load_detector("retinaface_resnet50", device="cuda")
         faces = detector.detect(cv2.imread("group.jpg"))
     """
-    from codeformer.registry import model_spec
-
     model_spec(name, "detector")  # an unknown name raises, listing the valid ones
     if name == "dlib":
         return _load_dlib(weights_dir)

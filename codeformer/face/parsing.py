@@ -25,13 +25,14 @@ import torch
 
 from codeformer.device import resolve_device
 from codeformer.face.pasteback import parse_labels_to_mask
+from codeformer.registry import DEFAULT_PARSER, model_spec
 from codeformer.weights import load_state_dict, load_strict, weight_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FaceParser", "PARSENET_KEY", "build_parsenet", "load_face_parser", "preprocess_faces"]
 
-PARSENET_KEY = "facelib/parsing_parsenet.pth"
+PARSENET_KEY = model_spec(DEFAULT_PARSER, "parser").weights[0]  # "facelib/parsing_parsenet.pth"
 PARSE_SIZE = 512  # ParseNet's input and output side (the reference's in_size = out_size = 512)
 PARSE_CLASSES = 19  # CelebAMask-HQ classes: background, skin, brows, eyes, ..., hair, hat, ...
 DEFAULT_BATCH_SIZE = 8

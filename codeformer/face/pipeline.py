@@ -27,7 +27,7 @@ from codeformer.face.alignment import FACE_SIZE, TEMPLATES, estimate_alignment, 
 from codeformer.face.detection import DetectedFace, FaceDetector, find_faces
 from codeformer.face.pasteback import PARSE_SIZE, PastedFace, paste_faces
 from codeformer.face.selection import FaceSelection, choose_faces, left_to_right_numbers
-from codeformer.imageio import Picture
+from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, check_output_pixels
 
 if TYPE_CHECKING:
     from codeformer.face.identity import FaceEmbedder
@@ -54,6 +54,7 @@ class RestoreOptions:
     grayscale: GrayMode = "auto"  # restored faces stay gray in gray pictures
     draw_box: bool = False
     measure_identity: bool = False  # report each face's identity distance before -> after restoration
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse outputs larger than this (None: no limit)
 
     @property
     def only_center_face(self) -> bool:
@@ -74,6 +75,7 @@ class Models:
     face_upsampler: Upsampler | None = None
     batch_size: int = 4  # faces per network forward
     embedder: FaceEmbedder | None = None  # identity embeddings: reference-person selection, identity distances
+    progress: bool = False  # progress bars inside long steps (upsampler tiles)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,6 +163,7 @@ def alignment_template(restorer: Restorer, landmark_order: str) -> np.ndarray:
 
 def plan_faces(picture: Picture, models: Models, options: RestoreOptions) -> FacePlan:
     """Detect the faces of one picture, align them onto the restorer's template and choose which to restore."""
+    check_output_pixels(picture.width, picture.height, options.upscale, options.max_pixels)  # before any work
     image, scale = working_image(picture)
     faces = find_faces(image, models.detector, eye_dist_threshold=EYE_DIST_THRESHOLD)
     numbers = left_to_right_numbers(np.array([face.box for face in faces]).reshape(-1, 4))
@@ -222,12 +225,13 @@ def finish_restored(plan: FacePlan, restored: Sequence[np.ndarray]) -> list[np.n
     return [to_gray(face, crop) for face, crop in zip(restored, plan.crops)]
 
 
-def _canvas(picture: Picture, size: tuple[int, int], bg_upsampler: Upsampler | None, upscale: int) -> np.ndarray:
+def _canvas(picture: Picture, size: tuple[int, int], bg_upsampler: Upsampler | None, upscale: int,
+            progress: bool = False) -> np.ndarray:
     """The picture (with alpha) upscaled to ``size`` = (width, height): resized, or through the upsampler."""
     source = picture.with_alpha(picture.bgr)
     if bg_upsampler is None:
         return cv2.resize(source, size, interpolation=cv2.INTER_LINEAR)
-    upscaled = bg_upsampler.upscale(source, outscale=upscale)
+    upscaled = bg_upsampler.upscale(source, outscale=upscale, progress=progress)
     if (upscaled.shape[1], upscaled.shape[0]) != size:
         upscaled = cv2.resize(upscaled, size, interpolation=cv2.INTER_LANCZOS4)
     return upscaled
@@ -244,10 +248,16 @@ def compose(
     face_upsampler: Upsampler | None = None,
     draw_box: bool = False,
     batch_size: int = 4,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Paste restored faces into the upscaled picture; exactly (H * upscale, W * upscale), input dtype."""
-    work_h, work_w = plan.work_image.shape[:2]
-    canvas = _canvas(picture, (work_w * upscale, work_h * upscale), bg_upsampler, upscale)
+    """Paste restored faces into the upscaled picture; exactly (H * upscale, W * upscale), input dtype.
+
+    The canvas is built once, at the output size: faces found on an enlarged working copy of a small
+    picture are pasted through their alignment composed with that enlargement, so a large ``upscale``
+    on a tiny picture never builds a canvas larger than the output.
+    """
+    canvas = _canvas(picture, (picture.width * upscale, picture.height * upscale), bg_upsampler, upscale, progress)
+    affines = [picture_alignment(affine, plan.work_scale) for affine in plan.affines]
     if restored:
         faces = list(restored)
         crop_size = faces[0].shape[0]
@@ -260,15 +270,25 @@ def compose(
                         cv2.resize(face, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR) for face in faces]
             masks = list(parser.masks(to_parse, batch_size=batch_size))
         pasted = [PastedFace(face, affine, parse_mask=mask, crop_size=crop_size)
-                  for face, affine, mask in zip(faces, plan.affines, masks)]
+                  for face, affine, mask in zip(faces, affines, masks)]
         canvas = paste_faces(canvas, pasted, upscale=upscale, draw_box=draw_box)
-    target = (picture.width * upscale, picture.height * upscale)
-    if (canvas.shape[1], canvas.shape[0]) != target:
-        # Small pictures were worked on enlarged (as the reference does); the output is still input x s.
-        canvas = cv2.resize(canvas, target, interpolation=cv2.INTER_AREA)
     if picture.source_channels == 1 and plan.gray:
         canvas = np.ascontiguousarray(canvas[:, :, 0])  # gray in, gray out: the three channels are equal
     return canvas
+
+
+def picture_alignment(affine: np.ndarray, work_scale: float) -> np.ndarray:
+    """An alignment found on the working copy (picture resized by ``work_scale``), as one from the picture.
+
+    ``cv2.resize`` by a factor ``f`` puts picture pixel ``x`` at ``f * (x + 0.5) - 0.5`` on the copy;
+    the returned (2, 3) affine is the working alignment after that map.
+    """
+    if work_scale == 1.0:
+        return affine
+    offset = 0.5 * work_scale - 0.5
+    linear = affine[:, :2] * work_scale  # (2, 2)
+    translation = affine[:, :2] @ np.array([offset, offset]) + affine[:, 2]
+    return np.hstack([linear, translation[:, None]])
 
 
 def _in_picture(face: DetectedFace, work_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +322,7 @@ def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models
         final = compose(
             picture, plan, restored, upscale=options.upscale, parser=models.parser,
             bg_upsampler=models.bg_upsampler, face_upsampler=models.face_upsampler,
-            draw_box=options.draw_box, batch_size=models.batch_size,
+            draw_box=options.draw_box, batch_size=models.batch_size, progress=models.progress,
         )
         flags = detected[index] if detected is not None else [True] * count
         faces = tuple(

@@ -78,11 +78,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Constants
 
-YOLOV5FACE_NAMES: tuple[str, ...] = ("YOLOv5l", "YOLOv5n")
-_WEIGHT_KEYS: Mapping[str, str] = {
-    "YOLOv5l": "facelib/yolov5l-face.pth",
-    "YOLOv5n": "facelib/yolov5n-face.pth",
-}
+YOLOV5FACE_NAMES: tuple[str, ...] = ("YOLOv5l", "YOLOv5n")  # their files are in codeformer.registry
 
 # `YoloDetector.detect_faces(conf_thres=0.7, iou_thres=0.5)`: the reference never overrides them.
 CONF_THRESHOLD = 0.7
@@ -633,9 +629,11 @@ def load_yolov5face(
         detector = load_yolov5face("YOLOv5n", device=torch.device("cpu"))
         faces = detector.detect(cv2.imread("group.jpg"))
     """
-    if name not in _WEIGHT_KEYS:
+    if name not in YOLOV5FACE_NAMES:
         raise CodeFormerError(f"unknown YOLOv5-face detector {name!r}: choose one of {', '.join(YOLOV5FACE_NAMES)}")
-    path = weight_path(_WEIGHT_KEYS[name], weights_dir)
+    from codeformer.registry import model_spec
+
+    path = weight_path(model_spec(name, "detector").weights[0], weights_dir)
     state = load_state_dict(path)
     network = build_yolov5face(name)
     load_strict(network, state, path, f"YOLOv5-face ({name})")

@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 import av
 
-from codeformer._atomic import temporary_sibling
+from codeformer._atomic import parent_folders, temporary_sibling
 from codeformer.errors import CodeFormerError
 from codeformer.video.audio import mux_audio
 from codeformer.video.probe import ffmpeg_reason, inspect_source
@@ -110,39 +110,40 @@ def transform_video(
     has_audio = source.info.has_audio
     # Moving the index to the front lets players start before the whole file is read.
     final_options = {"movflags": "+faststart"}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    temporaries: list[Path] = []
-    try:
-        video_path = temporary_sibling(dst, (".video" if has_audio else ".part") + dst.suffix)
-        temporaries.append(video_path)
-        job = EncodeJob(
-            path=video_path,
-            label=source.info.path.name,
-            container_format=container_format,
-            container_options={} if has_audio else final_options,
-            make_settings=make_settings,
-            timing=timing,
-            colorspace=source.colorspace,
-        )
-        decoded, encoded = encode_video(
-            source,
-            job,
-            process_batch,
-            batch_frames=batch_frames,
-            queue_size=queue_size,
-            progress=progress,
-        )
-        final_path, audio = video_path, ()
-        if has_audio:
-            final_path = temporary_sibling(dst, ".part" + dst.suffix)
-            temporaries.append(final_path)
-            audio = mux_audio(video_path, source, final_path, container_format, final_options)
-        os.replace(final_path, dst)
-    except av.FFmpegError as exc:
-        raise CodeFormerError(f"{dst.name}: cannot write video: {ffmpeg_reason(exc)}") from exc
-    finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+    # The output folder is made for the video and removed again (when empty) if writing it fails.
+    with parent_folders(dst):
+        temporaries: list[Path] = []
+        try:
+            video_path = temporary_sibling(dst, (".video" if has_audio else ".part") + dst.suffix)
+            temporaries.append(video_path)
+            job = EncodeJob(
+                path=video_path,
+                label=source.info.path.name,
+                container_format=container_format,
+                container_options={} if has_audio else final_options,
+                make_settings=make_settings,
+                timing=timing,
+                colorspace=source.colorspace,
+            )
+            decoded, encoded = encode_video(
+                source,
+                job,
+                process_batch,
+                batch_frames=batch_frames,
+                queue_size=queue_size,
+                progress=progress,
+            )
+            final_path, audio = video_path, ()
+            if has_audio:
+                final_path = temporary_sibling(dst, ".part" + dst.suffix)
+                temporaries.append(final_path)
+                audio = mux_audio(video_path, source, final_path, container_format, final_options)
+            os.replace(final_path, dst)
+        except av.FFmpegError as exc:
+            raise CodeFormerError(f"{dst.name}: cannot write video: {ffmpeg_reason(exc)}") from exc
+        finally:
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     return VideoStats(
         output=dst,
