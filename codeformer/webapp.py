@@ -42,7 +42,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -94,10 +94,13 @@ __all__ = [
     "VideoOutcome",
     "build_app",
     "colorize_uploads",
+    "free_port",
     "inpaint_painted",
     "inpaint_uploads",
     "launch_app",
     "pipeline_loader",
+    "restoration_models",
+    "restore_api",
     "restore_uploads",
     "restore_video_upload",
     "serve",
@@ -118,9 +121,11 @@ KEEP_REQUESTS = 32
 # How often and after how long Gradio deletes the copies it serves (seconds): an hour each.
 GRADIO_CACHE_CLEANUP = (3600, 3600)
 MAX_UPSCALE = 4
+GALLERY_HEIGHT = 320  # px: a row of faces and the start of the next (it scrolls); Gradio's default leaves a gap
 # The page's names for the library options an OptionError can name.
-OPTION_LABELS = {"fidelity_weight": "Fidelity", "upscale": "Upscale", "grayscale": "Keep gray faces"}
-PIXEL_LIMIT_OPTION = "`codeformer ui --max_pixels`"
+OPTION_LABELS = {"fidelity_weight": "Fidelity", "upscale": "Upscale", "grayscale": "Keep gray faces",
+                 "face_index": "Only these faces", "min_face_size": "Minimum face size"}
+PIXEL_LIMIT_OPTION = "codeformer ui --max_pixels"  # toasts show text as it is: no markdown
 
 ProgressFn = Callable[[float, str], None]
 
@@ -231,6 +236,15 @@ class PictureOptions:
     draw_box: bool = False
     grayscale: GrayMode = "auto"
     upsampler: str = DEFAULT_UPSAMPLER
+    largest_face: bool = False
+    face_index: str = ""  # face numbers as the page sends them, e.g. "0, 2"; empty: every face
+    min_face_size: float = 0.0  # pixels on the box's short side; 0: no minimum
+
+    def face_choices(self) -> dict[str, Any]:
+        """The face-choice keywords of :meth:`codeformer.Pipeline.options`."""
+        numbers = tuple(int(part) for part in self.face_index.replace(" ", "").split(",") if part)
+        return {"only_center_face": self.only_center_face, "largest_face": self.largest_face,
+                "face_index": numbers or None, "min_face_size": self.min_face_size or None}
 
     def choice(self) -> PipelineChoice:
         return PipelineChoice(self.model, self.detector, self.upsampler if self.background_enhance else None,
@@ -249,9 +263,16 @@ class PictureOptions:
         # The page always sends the slider's value; a model without fidelity control (GFPGAN) ignores it.
         weight = None if self.fidelity_weight is None or not supports_fidelity(self.model) else float(
             self.fidelity_weight)
-        return PictureOptions(weight, int(upscale), bool(self.has_aligned), bool(self.background_enhance),
-                              bool(self.face_upsample), self.detector, self.model, bool(self.only_center_face),
-                              bool(self.draw_box), self.grayscale, self.upsampler)
+        text = str(self.face_index or "").strip()
+        if text and not all(part.strip().isdigit() for part in text.split(",")):
+            raise OptionError("face_index", text, "face numbers from 0, separated by commas, e.g. 0, 2")
+        minimum = float(self.min_face_size or 0)
+        if minimum < 0:
+            raise OptionError("min_face_size", minimum, "must be 0 (no minimum) or a number of pixels")
+        return replace(self, fidelity_weight=weight, upscale=int(upscale), has_aligned=bool(self.has_aligned),
+                       background_enhance=bool(self.background_enhance), face_upsample=bool(self.face_upsample),
+                       only_center_face=bool(self.only_center_face), draw_box=bool(self.draw_box),
+                       largest_face=bool(self.largest_face), face_index=text, min_face_size=minimum)
 
 
 # ----------------------------------------------------------------------------------------- outcomes
@@ -378,7 +399,8 @@ def _unique_stems(names: Sequence[str], tag: str) -> list[str]:
 
 def _process_pictures(cache: PipelineCache, choice: PipelineChoice, sources: Sequence[Source], folder: Path, *,
                       aligned: bool, options: PictureOptions | None, verb: str, max_pixels: int | None,
-                      progress: ProgressFn, check: Callable[[str, Picture], str | None] | None = None) -> PictureOutcome:
+                      progress: ProgressFn,
+                      check: Callable[[str, Picture], str | None] | None = None) -> PictureOutcome:
     """Run pictures through the pipeline for ``choice`` and save what the page needs.
 
     One picture is decoded at a time, so memory holds one picture (and its result) however many were
@@ -412,7 +434,7 @@ def _process_pictures(cache: PipelineCache, choice: PipelineChoice, sources: Seq
                 run_options = pipeline.options(
                     fidelity_weight=options.fidelity_weight if options is not None else None,
                     upscale=upscale,
-                    only_center_face=options.only_center_face if options is not None else False,
+                    **(options.face_choices() if options is not None else {}),
                     draw_box=options.draw_box if options is not None else False,
                     grayscale=options.grayscale if options is not None else "auto",
                 )
@@ -424,7 +446,7 @@ def _process_pictures(cache: PipelineCache, choice: PipelineChoice, sources: Seq
             size = pipeline.restorer.input_size
             if aligned and (picture.width, picture.height) != (size, size):
                 notes.append(f"{name}: {picture.width}x{picture.height} is resized to {size}x{size}, the size of "
-                             "aligned faces (see `codeformer crop`)")
+                             "aligned faces (see codeformer crop)")
             if aligned:
                 result = pipeline.restore_aligned([picture], run_options, names=[name])[0]
             else:
@@ -561,7 +583,7 @@ def restore_video_upload(cache: PipelineCache, path: str | os.PathLike[str] | No
             progress(done, f"frame {index + 1}" + (f" of {total}" if total else ""))
 
         run_options = pipeline.options(fidelity_weight=options.fidelity_weight, upscale=options.upscale,
-                                       only_center_face=options.only_center_face, draw_box=options.draw_box,
+                                       **options.face_choices(), draw_box=options.draw_box,
                                        grayscale=options.grayscale)
         stats = pipeline.restore_video(path, destination, options=run_options, progress=False, on_frame=on_frame)
     audio = f", audio kept ({len(stats.audio)} track{'s' if len(stats.audio) != 1 else ''})" if stats.audio else ""
@@ -593,18 +615,23 @@ def _shown_in_page(handler: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except CodeFormerError as error:
             raise gr.Error(_phrase(error), duration=None, print_exception=False) from None
-        except MemoryError:
-            raise gr.Error("out of memory: try a smaller upscale or a smaller picture", duration=None,
-                           print_exception=False) from None
         except Exception as error:  # the page gets one line, the log gets the traceback
-            if "out of memory" in str(error).lower():  # torch's device OOM is a RuntimeError subclass
-                raise gr.Error("the device ran out of memory: try a smaller upscale or a smaller picture",
-                               duration=None, print_exception=False) from None
+            if _out_of_memory(error):
+                raise gr.Error("out of memory: try a smaller upscale or a smaller picture", duration=None,
+                               print_exception=False) from None
             logger.exception("web app request failed")
             raise gr.Error(f"something went wrong ({type(error).__name__}); the app's log has the details",
                            duration=None, print_exception=False) from None
 
     return wrapper
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: Python's, the GPU's, or torch's CPU allocator (a plain RuntimeError)."""
+    import torch
+
+    return (isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
 
 
 def _progress_of(progress: gr.Progress) -> ProgressFn:
@@ -641,12 +668,13 @@ class _PictureOutputs:
     components: list[Any] = field(default_factory=list)
 
     def values(self, outcome: PictureOutcome) -> list[Any]:
-        names = [result.name for result in outcome.results]
-        pairs = {result.name: (str(result.before), str(result.after)) for result in outcome.results}
+        # Keyed by position: two uploads may share a name.
+        choices = [(result.name, str(index)) for index, result in enumerate(outcome.results)]
+        pairs = {str(index): (str(result.before), str(result.after)) for index, result in enumerate(outcome.results)}
         first = outcome.results[0]
         return [
             outcome.message,
-            gr.Dropdown(choices=names, value=first.name, visible=len(names) > 1),
+            gr.Dropdown(choices=choices, value="0", visible=len(choices) > 1),
             (str(first.before), str(first.after)),
             [(str(path), caption) for path, caption in outcome.faces],
             [str(result.download) for result in outcome.results],
@@ -660,7 +688,7 @@ def _picture_outputs(tab: str, gallery_label: str) -> _PictureOutputs:
     picker = gr.Dropdown(label="Compare", choices=[], visible=False, interactive=True)
     comparison = gr.ImageSlider(label="Before / after", type="filepath", format="png", elem_id=f"{tab}-comparison",
                                 interactive=False, buttons=["fullscreen"])
-    gallery = gr.Gallery(label=gallery_label, columns=4, fit_columns=False, height="auto", format="png",
+    gallery = gr.Gallery(label=gallery_label, columns=4, fit_columns=False, height=GALLERY_HEIGHT, format="png",
                          elem_id=f"{tab}-faces", interactive=False)
     downloads = gr.File(label="Download (full resolution PNG)", file_count="multiple", interactive=False,
                         elem_id=f"{tab}-downloads")
@@ -674,11 +702,12 @@ def _picture_outputs(tab: str, gallery_label: str) -> _PictureOutputs:
 
 def _options_of(fidelity_weight: float, upscale: float, has_aligned: bool, background_enhance: bool,
                 face_upsample: bool, detector: str, model: str, only_center_face: bool, draw_box: bool,
-                grayscale: str, upsampler: str) -> PictureOptions:
+                grayscale: str, upsampler: str, largest_face: bool = False, face_index: str = "",
+                min_face_size: float = 0.0) -> PictureOptions:
     """The options from the page's widgets, in the order the events list them (the sliders send floats)."""
     return PictureOptions(fidelity_weight, upscale, has_aligned, background_enhance,  # type: ignore[arg-type]
                           face_upsample, detector, model, only_center_face, draw_box, grayscale,  # type: ignore[arg-type]
-                          upsampler)
+                          upsampler, bool(largest_face), face_index or "", min_face_size or 0.0)
 
 
 _CSS = """
@@ -719,6 +748,10 @@ def build_app(cache: PipelineCache, *, output_root: str | os.PathLike[str],
                         model = gr.Dropdown(models, value=DEFAULT_MODEL, label="Model", visible=len(models) > 1)
                         with gr.Accordion("Face choices", open=False):
                             center = gr.Checkbox(label="Only the face nearest the centre", value=False)
+                            largest = gr.Checkbox(label="Only the largest face", value=False)
+                            numbers = gr.Textbox(value="", label="Only these faces", placeholder="e.g. 0, 2",
+                                                 info="faces are numbered left to right from 0")
+                            min_size = gr.Number(label="Minimum face size (pixels, 0 = any)", value=0, minimum=0)
                             draw_box = gr.Checkbox(label="Outline the detected faces", value=False)
                             grayscale = gr.Radio(list(GRAY_MODES), value="auto", label="Keep gray faces",
                                                  info="auto: black-and-white pictures keep gray faces")
@@ -729,14 +762,15 @@ def build_app(cache: PipelineCache, *, output_root: str | os.PathLike[str],
                 model.change(lambda name: gr.Slider(interactive=supports_fidelity(name)), inputs=model,
                              outputs=fidelity, queue=False, api_visibility="private")
                 option_inputs = [fidelity, upscale, has_aligned, background, face_upsample, detector, model, center,
-                                 draw_box, grayscale]
+                                 draw_box, grayscale, largest, numbers, min_size]
 
                 @_shown_in_page
                 def on_restore(uploads: Any, fidelity_weight: float, upscale_: float, aligned: bool, bg: bool,
                                face_up: bool, detector_: str, model_: str, only_center: bool, box: bool, gray: str,
+                               largest_: bool, numbers_: str, min_size_: float,
                                progress: gr.Progress = gr.Progress()) -> list[Any]:
                     options = _options_of(fidelity_weight, upscale_, aligned, bg, face_up, detector_, model_,
-                                          only_center, box, gray, upsampler_name)
+                                          only_center, box, gray, upsampler_name, largest_, numbers_, min_size_)
                     outcome = restore_uploads(cache, _file_paths(uploads), options, folders.new(),
                                               max_pixels=max_pixels, progress=_progress_of(progress))
                     _show_notes(outcome.notes)
@@ -754,9 +788,11 @@ def build_app(cache: PipelineCache, *, output_root: str | os.PathLike[str],
                 def restore(picture: str, fidelity_weight: float = 0.5, upscale: float = 2,
                             has_aligned: bool = False, background_enhance: bool = False, face_upsample: bool = False,
                             detector: str = DEFAULT_DETECTOR, model: str = DEFAULT_MODEL,
-                            only_center_face: bool = False, draw_box: bool = False, grayscale: str = "auto") -> str:
+                            only_center_face: bool = False, draw_box: bool = False, grayscale: str = "auto",
+                            largest_face: bool = False, face_index: str = "", min_face_size: float = 0.0) -> str:
                     options = _options_of(fidelity_weight, upscale, has_aligned, background_enhance, face_upsample,
-                                          detector, model, only_center_face, draw_box, grayscale, upsampler_name)
+                                          detector, model, only_center_face, draw_box, grayscale, upsampler_name,
+                                          largest_face, face_index, min_face_size)
                     paths = _file_paths(picture)
                     return str(restore_api(cache, paths[0] if paths else None, options, folders.new(),
                                            max_pixels=max_pixels))

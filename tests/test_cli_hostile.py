@@ -160,7 +160,7 @@ def test_a_killed_folder_run_leaves_complete_outputs_and_resumes(restoration_wei
 
     folder = tmp_path / "faces"
     rng = np.random.default_rng(1)
-    for index in range(5):
+    for index in range(3):
         write_image(folder / f"{index}.png", rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     out = tmp_path / "out"
     command = [sys.executable, "inference_codeformer.py", "--has_aligned", "-i", str(folder), "-o", str(out),
@@ -173,13 +173,13 @@ def test_a_killed_folder_run_leaves_complete_outputs_and_resumes(restoration_wei
         process.kill()  # SIGKILL: no chance to clean up
         process.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in faces.iterdir() if not p.name.startswith(".")}
-    assert 1 <= len(finished) < 5
+    assert 1 <= len(finished) < 3
     for name in finished:
         assert read_image(faces / name).width == 512  # complete and decodable under its final name
     rerun = subprocess.run([*command, "--skip_existing"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     done = sorted(p.name for p in faces.iterdir() if not p.name.startswith("."))
-    assert done == [f"{index}.png" for index in range(5)]
+    assert done == [f"{index}.png" for index in range(3)]
     assert all((faces / name).stat().st_mtime_ns == mtime for name, mtime in finished.items())  # not redone
 
 
