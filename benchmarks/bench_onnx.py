@@ -53,20 +53,8 @@ SEED = 0  # random weights
 REQUIRED_SPEEDUP = 0.85  # ONNX Runtime must take at most this share of torch's time per face
 
 
-def _crops(count: int) -> list:
-    from benchmarks.faces import real_face_crops
-
-    faces = [crop for _, crop in real_face_crops()]
-    return [faces[i % len(faces)] for i in range(count)]
-
-
-def _random_network():
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from checkpoint_factory import random_codeformer
-
-    from codeformer.archs import CodeFormerConfig
-
-    return random_codeformer(CodeFormerConfig(), seed=SEED)
+# The same crops and random network as the torch benchmark, so the two compare like with like.
+from benchmarks.bench_restore import _crops, _random_network  # noqa: E402
 
 
 def _clock(function: Callable[[], Any]) -> tuple[float, float, Any]:

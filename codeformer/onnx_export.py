@@ -69,6 +69,7 @@ from codeformer.restorer import (
     DEFAULT_FIDELITY_WEIGHT,
     FaceRestorer,
     NoFidelityControlError,
+    codeformer_weight,
     batch_to_crops,
     crops_to_batch,
     ffhq_template,
@@ -574,17 +575,7 @@ class OnnxRestorer:
             if fidelity_weight is not None:
                 raise NoFidelityControlError(self.name, fidelity_weight)
             return None
-        if self.fixed_weight is not None:
-            if fidelity_weight is not None and fidelity_weight != self.fixed_weight:
-                raise NoFidelityControlError(self.name, fidelity_weight)
-            return self.fixed_weight
-        if fidelity_weight is None:
-            return DEFAULT_FIDELITY_WEIGHT
-        if not (math.isfinite(fidelity_weight) and 0.0 <= fidelity_weight <= 1.0):
-            raise OptionError(
-                "fidelity_weight", fidelity_weight, "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)"
-            )
-        return float(fidelity_weight)
+        return codeformer_weight(self.name, fidelity_weight, self.fixed_weight)
 
     def restore(
         self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4

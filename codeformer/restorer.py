@@ -11,6 +11,7 @@ The network runs in a precision mode (:mod:`codeformer.precision`: ``fp32``, ``b
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -84,6 +85,20 @@ class NoFidelityControlError(OptionError):
     def __init__(self, model: str, value: float) -> None:
         self.model = model
         super().__init__("fidelity_weight", value, f"{model} has no fidelity control; leave the weight out")
+
+
+def codeformer_weight(model: str, fidelity_weight: float | None, fixed_weight: float | None) -> float:
+    """The ``w`` a CodeFormer network runs with: the pinned one, the default for None, else a checked [0, 1] value."""
+    if fixed_weight is not None:
+        if fidelity_weight is not None and fidelity_weight != fixed_weight:
+            raise NoFidelityControlError(model, fidelity_weight)
+        return fixed_weight
+    if fidelity_weight is None:
+        return DEFAULT_FIDELITY_WEIGHT
+    if not (math.isfinite(fidelity_weight) and 0.0 <= fidelity_weight <= 1.0):
+        raise OptionError("fidelity_weight", fidelity_weight,
+                          "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)")
+    return float(fidelity_weight)
 
 
 def ffhq_template(size: int) -> np.ndarray:
@@ -245,16 +260,7 @@ class FaceRestorer:
         return restored
 
     def _weight(self, fidelity_weight: float | None) -> float:
-        if self.fixed_weight is not None:
-            if fidelity_weight is not None and fidelity_weight != self.fixed_weight:
-                raise NoFidelityControlError(self.name, fidelity_weight)
-            return self.fixed_weight
-        if fidelity_weight is None:
-            return DEFAULT_FIDELITY_WEIGHT
-        if not 0.0 <= fidelity_weight <= 1.0:
-            raise OptionError("fidelity_weight", fidelity_weight,
-                              "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)")
-        return float(fidelity_weight)
+        return codeformer_weight(self.name, fidelity_weight, self.fixed_weight)
 
     def _forward(self, batch: torch.Tensor, w: float, adain: bool) -> torch.Tensor:
         """``self.net(batch, w, adain)[0]`` with the generator pass through :attr:`_decode` (maybe compiled)."""
