@@ -35,6 +35,7 @@ from codeformer.registry import (
     DEFAULT_MODEL,
     MODELS,
     available_detectors,
+    available_models,
     available_upsamplers,
     whole_picture_models,
 )
@@ -157,13 +158,21 @@ def _face_numbers(text: str) -> tuple[int, ...]:
     return numbers
 
 
-def _restoration_model(text: str) -> str:
-    """``--model``: a restorer for whole pictures from the registry, or a checkpoint file."""
-    if text in whole_picture_models() or Path(text).expanduser().is_file():
-        return text
-    raise argparse.ArgumentTypeError(
-        f"{text!r} is neither a model ({', '.join(whole_picture_models())}) nor an existing checkpoint file"
-    )
+def _model_or_file(choices: Callable[[], list[str]]) -> Callable[[str], str]:
+    """An argument type: a model name among ``choices()`` (from the registry), or an existing checkpoint file."""
+
+    def parse(text: str) -> str:
+        if text in choices() or Path(text).expanduser().is_file():
+            return text
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a model ({', '.join(choices())}) nor an existing checkpoint file"
+        )
+
+    return parse
+
+
+# ``restore --model``: restorers for whole pictures; ``export --model``: any restorer.
+_restoration_model = _model_or_file(whole_picture_models)
 
 
 def _add_runtime_arguments(parser: argparse.ArgumentParser, *, torch_networks: bool = True) -> None:
@@ -674,22 +683,11 @@ def run_ui(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- export
 
 
-def _any_model(text: str) -> str:
-    """``export --model``: any restorer name from the table, or a checkpoint file."""
-    from codeformer.registry import available_models
-
-    if text in available_models() or Path(text).expanduser().is_file():
-        return text
-    raise argparse.ArgumentTypeError(
-        f"{text!r} is neither a model ({', '.join(available_models())}) nor an existing checkpoint file"
-    )
-
-
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=("onnx",), help="what to export to")
     parser.add_argument("-o", "--output_path", default=None,
                         help="the file to write (default: <model>.onnx in the current folder)")
-    parser.add_argument("--model", type=_any_model, default=DEFAULT_MODEL,
+    parser.add_argument("--model", type=_model_or_file(available_models), default=DEFAULT_MODEL,
                         help="the restorer to export: a name from the model table or a checkpoint file")
     parser.add_argument("--opset", type=_int_at_least(14), default=17, help="ONNX opset")
     parser.add_argument("--weights_dir", default=None,
