@@ -67,7 +67,11 @@ logger = logging.getLogger(__name__)
 
 ImageInput = Union[np.ndarray, str, "os.PathLike[str]", Picture]
 PathLike = Union[str, "os.PathLike[str]"]
-DEFAULT_BATCH_SIZE = 4  # faces per network forward
+# Faces per network forward when the caller does not say: on a CPU a batch is no faster than one
+# face at a time (a 512x512 face already keeps every core busy) and each face in it adds about
+# 0.45 GiB of activations (fp32); GPUs need batches to fill up.
+CPU_BATCH_SIZE = 1
+GPU_BATCH_SIZE = 4
 DEFAULT_TILE = 400  # upsampler tile side: the reference's --bg_tile
 
 
@@ -103,7 +107,7 @@ class Pipeline:
 
     def __init__(self, spec: ModelSpec, restorer: Restorer, *, detector: FaceDetector | None = None,
                  parser: FaceParser | None = None, bg_upsampler: Upsampler | None = None,
-                 face_upsampler: Upsampler | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 face_upsampler: Upsampler | None = None, batch_size: int = CPU_BATCH_SIZE,
                  progress: bool = False) -> None:
         self.spec = spec
         self.restorer = restorer
@@ -354,7 +358,7 @@ def load_pipeline(
     bg_upsampler: str | os.PathLike[str] | None = None,
     face_upsample: bool = False,
     weights_dir: str | os.PathLike[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     compile: bool = False,
     bg_tile: int = DEFAULT_TILE,
     upsampler_half: bool | None = None,
@@ -376,6 +380,8 @@ def load_pipeline(
     - ``weights_dir``: the weights root (default ``$CODEFORMER_WEIGHTS_DIR``, else ``./weights``);
       missing files are downloaded and checked on first use.
     - ``checkpoint``: a file to load for ``model`` instead of its registry file.
+    - ``batch_size``: faces per network forward; None: 1 on the CPU (batches are no faster there
+      and multiply the memory), 4 on GPUs.
     - ``progress``: show progress bars inside long steps (upsampler tiles).
 
     Unknown names, an unusable device or precision raise :class:`CodeFormerError` before anything
@@ -389,9 +395,11 @@ def load_pipeline(
     whole_pictures = spec.task == "restore" and detector is not None
     detector_spec = model_spec(detector, "detector") if detector is not None else None
     upsampler_choice = _upsampler_choice(bg_upsampler)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise OptionError("batch_size", batch_size, "must be a whole number >= 1")
     target = resolve_device(device)
+    if batch_size is None:
+        batch_size = CPU_BATCH_SIZE if target.type == "cpu" else GPU_BATCH_SIZE
     resolve_precision(precision, target)  # a precision the device cannot run fails before any download
 
     context = LoadContext(device=target, weights_dir=weights_dir, precision=precision, compile=compile,

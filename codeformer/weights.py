@@ -361,6 +361,22 @@ def verify_weight(entry: WeightFile, weights_dir: str | os.PathLike[str] | None 
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
 
 
+def _torch_load(path: Path, map_location: str | torch.device) -> object:
+    """``torch.load`` of tensors only, memory-mapped where the file's format allows.
+
+    Mapped, the file's pages are read straight into the tensors that keep them (networks built with
+    ``assign=True``) or copied once into the network's own, and unmapped when the state dict goes:
+    no second copy of the checkpoint stays in the process heap. Files in PyTorch's legacy
+    (pre-zip) format cannot be mapped and are read the usual way.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_state_dict(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (no arbitrary unpickling) and return its bare state dict.
 
@@ -377,7 +393,7 @@ def load_state_dict(path: str | os.PathLike[str], *, map_location: str | torch.d
 
             loaded: object = load_file(str(path), device=str(map_location))
         else:
-            loaded = torch.load(path, map_location=map_location, weights_only=True)
+            loaded = _torch_load(path, map_location)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile,
             AttributeError, TypeError, KeyError, IndexError, UnicodeDecodeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

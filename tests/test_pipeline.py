@@ -271,3 +271,22 @@ def test_ext_names_the_final_picture(ext: str, input_name: str, expected: str, p
     assert report.done == 1
     assert [p.name for p in (tmp_path / "out" / "final_results").iterdir()] == [expected]
     assert read_image(tmp_path / "out" / "final_results" / expected).width == 200
+
+
+def test_faces_of_one_picture_tick_the_progress_bar_one_batch_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    quiet = small_pipeline()
+    ticking = small_pipeline()
+    ticking.batch_size, ticking.progress = 1, True
+    image = picture(300, 200)
+    expected = quiet.restore(image).image
+    result = ticking.restore(image)
+    bars = capsys.readouterr().err
+    assert "faces: " in bars and "1/2" in bars and "2/2" in bars
+    np.testing.assert_array_equal(result.image, expected)  # same outputs as one restore call
+
+
+def test_load_pipeline_restores_one_face_at_a_time_on_cpu_by_default(restoration_weights: Path) -> None:
+    from codeformer import load_pipeline
+
+    # On a CPU a batch is no faster and each face in it adds about 0.45 GiB (benchmarks/bench_memory.py).
+    assert load_pipeline(device="cpu", detector=None, weights_dir=restoration_weights).batch_size == 1

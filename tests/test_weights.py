@@ -200,6 +200,14 @@ def test_load_state_dict_unwraps_and_strips(tmp_path: Path) -> None:
     assert set(loaded) == {"a.weight", "b"} and torch.equal(loaded["a.weight"], torch.ones(2))
 
 
+def test_legacy_format_checkpoints_load_without_memory_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"params_ema": {"w": torch.arange(4.0)}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(RuntimeError, match="mmap"):  # why the loader has a second way in
+        torch.load(path, weights_only=True, mmap=True)
+    assert torch.equal(weights.load_state_dict(path)["w"], torch.arange(4.0))
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, "truncate"])
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: object) -> None:
     path = tmp_path / "bad.pth"

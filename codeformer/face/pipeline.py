@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from codeformer.color import GrayMode, is_gray, to_gray
 from codeformer.face.alignment import FACE_SIZE, TEMPLATES, estimate_alignment, warp_face
@@ -75,7 +76,7 @@ class Models:
     face_upsampler: Upsampler | None = None
     batch_size: int = 4  # faces per network forward
     embedder: FaceEmbedder | None = None  # identity embeddings: reference-person selection, identity distances
-    progress: bool = False  # progress bars inside long steps (upsampler tiles)
+    progress: bool = False  # progress bars inside long steps (upsampler tiles, the faces of a picture)
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,7 +309,7 @@ def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models
     ``detected``: per plan, per face, False for faces filled in from neighbouring video frames.
     """
     crops = [crop for plan in plans for crop in plan.crops]
-    outputs = models.restorer.restore(crops, fidelity_weight=options.fidelity_weight, batch_size=models.batch_size)
+    outputs = _restore_crops(crops, models, options)
     distances: list[float | None] = [None] * len(crops)
     if options.measure_identity and crops:
         from codeformer.face.identity import identity_distance
@@ -333,6 +334,23 @@ def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models
         start += count
         results.append(RestoreResult(final, faces, plan.skipped))
     return results
+
+
+def _restore_crops(crops: list[np.ndarray], models: Models, options: RestoreOptions) -> list[np.ndarray]:
+    """The restorer's outputs for ``crops``, one batch at a time so that a progress bar can tick per batch.
+
+    The chunks are the restorer's own batches: the outputs are those of one ``restore`` call.
+    """
+    step = models.batch_size
+    if not models.progress or len(crops) <= step:
+        return models.restorer.restore(crops, fidelity_weight=options.fidelity_weight, batch_size=step)
+    outputs: list[np.ndarray] = []
+    with tqdm(total=len(crops), desc="faces", unit="face", leave=False) as bar:
+        for start in range(0, len(crops), step):
+            chunk = crops[start:start + step]
+            outputs += models.restorer.restore(chunk, fidelity_weight=options.fidelity_weight, batch_size=step)
+            bar.update(len(chunk))
+    return outputs
 
 
 def restore_picture(picture: Picture, models: Models, options: RestoreOptions) -> RestoreResult:
