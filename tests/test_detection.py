@@ -266,17 +266,21 @@ def test_find_faces_upscales_for_detection_and_maps_back(shape: tuple[int, int, 
     np.testing.assert_allclose(faces[0].landmarks[2], [(60 + 140) / 2, (80 + 180) / 2], atol=1.0)
 
 
-def test_find_faces_never_downscales_and_skips_resizing_for_dlib() -> None:
-    big = np.zeros((700, 900, 3), dtype=np.uint8)
-    face = _face((100, 100, 200, 200))
-    detector = ListDetector([face])
-    assert find_faces(big, detector) == [face]
+def test_find_faces_downscales_big_pictures_like_the_current_reference_and_never_resizes_for_dlib() -> None:
+    big = np.zeros((1280, 1600, 3), dtype=np.uint8)
+    big[200:400, 600:800] = 255
+    detector = MarkerDetector()
+    (face,) = find_faces(big, detector, eye_dist_threshold=None)
+    # sczhou/CodeFormer since a75e7ae: short side to 640 both ways, INTER_AREA when shrinking.
+    assert detector.seen_shapes == [(640, 800, 3)]
+    np.testing.assert_allclose(face.box, (600, 200, 800, 400), atol=2.0)
+    listed = ListDetector([_face((100, 100, 200, 200))])
     small = np.zeros((512, 600, 3), dtype=np.uint8)
-    find_faces(small, detector, detection_short_side=None)
-    dlib_like = ListDetector([face], name="dlib", template_name="dlib")
-    find_faces(small, dlib_like)
-    assert detector.seen_shapes == [(700, 900, 3), (512, 600, 3)]
-    assert dlib_like.seen_shapes == [(512, 600, 3)]
+    find_faces(small, listed, detection_short_side=None)
+    dlib_like = ListDetector([_face((100, 100, 200, 200))], name="dlib", template_name="dlib")
+    find_faces(big, dlib_like)
+    assert listed.seen_shapes == [(512, 600, 3)]
+    assert dlib_like.seen_shapes == [(1280, 1600, 3)]
 
 
 def test_find_faces_divides_coordinates_by_the_detection_scale_in_float32_like_the_reference() -> None:
@@ -308,7 +312,7 @@ def test_rescale_face_multiplies_coordinates_only() -> None:
 
 @pytest.fixture
 def big_picture() -> np.ndarray:
-    return np.zeros((800, 1000, 3), dtype=np.uint8)  # short side >= 640: detected as is
+    return np.zeros((640, 1000, 3), dtype=np.uint8)  # short side 640: detected as is
 
 
 def test_eye_distance_filter_drops_side_and_tiny_faces(big_picture: np.ndarray) -> None:
