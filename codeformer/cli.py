@@ -180,8 +180,8 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser, *, torch_networks: b
     if torch_networks:
         parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                             help="where the networks run (default: auto = cuda, else mps, else cpu)")
-        parser.add_argument("--batch_size", type=_int_at_least(1), default=4,
-                            help="faces restored together in one forward pass (default: 4)")
+        parser.add_argument("--batch_size", type=_int_at_least(1), default=None,
+                            help="faces restored together in one forward pass (default: 1 on CPU, 4 on GPU)")
         parser.add_argument("--low_memory", action="store_true",
                             help="return freed memory to the system at once: less resident memory, slower on CPU")
     parser.add_argument("--weights_dir", default=None,
@@ -224,7 +224,25 @@ def _tune_runtime(args: argparse.Namespace, enabled: bool) -> None:
     from codeformer.precision import configure_cpu_runtime
 
     settings = configure_cpu_runtime()
+    args.runtime_tuned = True  # --ray workers apply the same settings (they change float rounding)
     logger.debug("runtime: %s", ", ".join(settings) or "unchanged")
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser, *, video: bool = False) -> None:
+    """``--ray``: run on a Ray cluster (see :mod:`codeformer.cluster`); inputs and -o may then be fsspec URLs."""
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run on Ray: local (start an instance on this machine), auto (the cluster this machine "
+                             "belongs to) or ray://host:port. -i and -o may then be URLs (s3://, gs://, file://); "
+                             "inputs whose result exists are skipped; <out>/ray_report.jsonl lists every input. "
+                             'Needs pip install "ray[data]"')
+    parser.add_argument("--ray_workers", type=_int_at_least(1), default=None, metavar="N",
+                        help="--ray: workers, each loading the networks once (default: one per GPU, else one per CPU)")
+    parser.add_argument("--ray_worker_cpus", type=_int_at_least(1), default=None, metavar="N",
+                        help="--ray: CPUs, and torch threads, of each worker (default: 1)")
+    if video:
+        parser.add_argument("--ray_segments", type=_int_at_least(1), default=None, metavar="N",
+                            help="--ray: cut a video at keyframes into N segments restored in parallel "
+                                 "(default: one per worker)")
 
 
 def _new_parser(prog: str | None, description: str) -> argparse.ArgumentParser:
@@ -325,8 +343,12 @@ def _load(args: argparse.Namespace, model: str, *, whole_pictures: bool, checkpo
     """:func:`codeformer.load_pipeline` with the options the command line gives (names are checked already)."""
     from codeformer.pipeline import load_pipeline
 
-    pipeline = load_pipeline(
-        model,
+    return load_pipeline(model, **_load_arguments(args, whole_pictures=whole_pictures, checkpoint=checkpoint))
+
+
+def _load_arguments(args: argparse.Namespace, *, whole_pictures: bool, checkpoint: str | None = None) -> dict:
+    """:func:`codeformer.load_pipeline`'s keyword arguments from the parsed flags."""
+    return dict(
         detector=getattr(args, "detection_model", DEFAULT_DETECTOR) if whole_pictures else None,
         device=args.device,
         precision=getattr(args, "precision", "fp32"),
@@ -341,12 +363,16 @@ def _load(args: argparse.Namespace, model: str, *, whole_pictures: bool, checkpo
         checkpoint=checkpoint,
         progress=not args.quiet,
     )
-    return pipeline
 
 
 def _options(args: argparse.Namespace, pipeline) -> object:
     """The per-call options of a loaded pipeline from the parsed flags."""
-    return pipeline.options(
+    return pipeline.options(**_option_arguments(args))
+
+
+def _option_arguments(args: argparse.Namespace) -> dict:
+    """:meth:`Pipeline.options`' keyword arguments from the parsed flags."""
+    return dict(
         fidelity_weight=getattr(args, "fidelity_weight", None),
         upscale=getattr(args, "upscale", 2),
         only_center_face=getattr(args, "only_center_face", False),
@@ -444,6 +470,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for videos, also save cropped_faces/, restored_faces/ and final_results/ per frame")
     _add_precision_arguments(parser)
     _add_runtime_arguments(parser)
+    _add_ray_arguments(parser, video=True)
 
 
 def _output_tag(args: argparse.Namespace) -> str:
@@ -461,6 +488,8 @@ def run_restore(args: argparse.Namespace) -> int:
     from codeformer.video import is_video_path
 
     w = _output_tag(args)
+    if args.ray:
+        return _run_restore_on_ray(args, w)
     input_path = Path(args.input_path)
     if input_path.is_file() and is_video_path(input_path):
         out_root = Path(args.output_path or f"results/{input_path.stem}_{w}")
@@ -489,6 +518,82 @@ def run_restore(args: argparse.Namespace) -> int:
     return _finish(_note_skipped(inputs, report), out_root, "restored")
 
 
+# ------------------------------------------------------------------------------------------- --ray
+
+
+def _ray_recipe(args: argparse.Namespace, model: str, *, whole_pictures: bool):
+    """What each --ray worker loads: the same pipeline and options as this command without --ray."""
+    from codeformer.cluster import PipelineRecipe
+
+    load = _load_arguments(args, whole_pictures=whole_pictures)
+    load["progress"] = False  # a worker's bars would go nowhere; the driver shows one over inputs
+    return PipelineRecipe(model, load=load, options=_option_arguments(args),
+                          runtime_tuning=getattr(args, "runtime_tuned", False))
+
+
+def _ray_workers(args: argparse.Namespace):
+    from codeformer.cluster import plan_workers
+
+    return plan_workers(args.ray_workers, args.ray_worker_cpus, device=args.device)
+
+
+def _run_restore_on_ray(args: argparse.Namespace, w: str) -> int:
+    """``restore --ray``: a folder (or URL) of pictures, or a video cut into segments, on a Ray cluster."""
+    from codeformer.cluster import Folder, ray_session, restore_video_on_ray
+    from codeformer.cluster.storage import name_of
+    from codeformer.video import is_video_path
+
+    source = Folder(args.input_path)
+    if not source.is_folder() and is_video_path(args.input_path) and not args.has_aligned:
+        out_root = args.output_path or f"results/{Path(name_of(args.input_path)).stem}_{w}"
+        _check_local_output(out_root)
+        with ray_session(args.ray):
+            restore_video_on_ray(_ray_recipe(args, args.model, whole_pictures=True), args.input_path, out_root,
+                                 suffix=args.suffix, segments=args.ray_segments, workers=_ray_workers(args),
+                                 temporal_smoothing=not args.no_temporal_smoothing, fps=args.save_video_fps,
+                                 crf=args.video_crf, preset=args.video_preset, progress=not args.quiet,
+                                 describe=describe_error)
+        return EXIT_OK
+    default_root = f"results/{_input_name(args.input_path)}_{w}" if source.is_folder() else f"results/test_img_{w}"
+    out_root = args.output_path or default_root
+    if args.has_aligned:
+        return _run_pictures_on_ray(args, args.model, Folder(out_root).child("restored_faces"), out_root, aligned=True)
+    return _run_pictures_on_ray(args, args.model, out_root, out_root, aligned=False)
+
+
+def _check_local_output(location: str) -> None:
+    from codeformer.cluster import is_url
+
+    if not is_url(location):
+        ensure_writable_folder(Path(location))
+
+
+def _run_pictures_on_ray(args: argparse.Namespace, model: str, out: str, out_root: str, *, aligned: bool) -> int:
+    """Pictures (aligned faces with ``aligned``) on a Ray cluster into ``out``; the run's report in ``out_root``."""
+    from codeformer.cluster import is_url, list_pictures, ray_session, restore_pictures_on_ray
+    from codeformer.cluster.storage import name_of
+    from codeformer.runs import task_words
+
+    if is_url(args.input_path):
+        pictures, not_read = list_pictures(args.input_path)
+    else:
+        collected = collect_images(args.input_path)
+        pictures, not_read = [str(p) for p in collected.pictures], [(str(p), why) for p, why in collected.skipped]
+    _check_local_output(out)
+    task = MODELS[model].task if model in MODELS else "restore"
+    label, verb = task_words(task or "restore")
+    with ray_session(args.ray):
+        report = restore_pictures_on_ray(
+            _ray_recipe(args, model, whole_pictures=not aligned), pictures, out, aligned=aligned, suffix=args.suffix,
+            extension=None if aligned or args.ext == "png" else args.ext, workers=_ray_workers(args),
+            report_to=out_root, not_read=not_read, progress=not args.quiet, desc=label, describe=describe_error)
+    for location, reason in not_read:
+        logger.warning("skipped %s: %s", name_of(location), reason)
+    report.skipped += len(not_read)
+    logger.info("%s; results in %s", report.summary(verb), out_root)
+    return report.exit_code
+
+
 # ---------------------------------------------------------------- colorization / inpainting / vqgan
 
 
@@ -497,6 +602,7 @@ def _add_aligned_arguments(parser: argparse.ArgumentParser, *, default_input: st
                       output_help="output folder (default: results/<input folder name>, as the reference)")
     _add_precision_arguments(parser)
     _add_runtime_arguments(parser)
+    _add_ray_arguments(parser)
 
 
 def add_colorize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -509,6 +615,12 @@ def add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _aligned_command(model: str, default_single: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        if args.ray:
+            from codeformer.cluster import Folder
+
+            single = not Folder(args.input_path).is_folder()
+            out = args.output_path or (default_single if single else f"results/{_input_name(args.input_path)}")
+            return _run_pictures_on_ray(args, model, out, out, aligned=True)
         single = Path(args.input_path).is_file()
         out_root = Path(args.output_path or (default_single if single else f"results/{_input_name(args.input_path)}"))
         return _run_aligned_files(args, model, out_root, out_root)
@@ -757,6 +869,14 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
     model = getattr(args, "model", None)
     if getattr(args, "fidelity_weight", None) is not None and model in MODELS and not MODELS[model].supports_fidelity:
         parser.error(f"argument -w/--fidelity_weight: {model} has no fidelity control; leave -w out")
+    if getattr(args, "ray", None):
+        for flag in ("report", "save_frames"):
+            if getattr(args, flag, False):
+                parser.error(f"argument --{flag}: not available with --ray yet; run without --ray for it")
+    else:
+        for flag in ("ray_workers", "ray_worker_cpus", "ray_segments"):
+            if getattr(args, flag, None) is not None:
+                parser.error(f"argument --{flag}: only with --ray")
 
 
 # Options whose value is a path: a path that starts with "-" (a file named "-x.jpg") is still their value.

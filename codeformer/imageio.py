@@ -606,11 +606,16 @@ def picture_from_array(array: np.ndarray, *, name: str = "picture",
 def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> Path:
     """Encode ``image`` by the path's extension and write it atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    ok, encoded = cv2.imencode(path.suffix or ".png", image, list(params))
-    if not ok:
-        raise CodeFormerError(f"{path}: cannot encode a {image.dtype} picture of shape {image.shape}")
-    write_bytes_atomic(path, encoded.tobytes())
+    write_bytes_atomic(path, encode_image(str(path), image, params))
     return path
+
+
+def encode_image(name: str, image: np.ndarray, params: Sequence[int] = ()) -> bytes:
+    """The bytes :func:`write_image` writes to a file called ``name`` (format by its extension; png without one)."""
+    ok, encoded = cv2.imencode(Path(name).suffix or ".png", image, list(params))
+    if not ok:
+        raise CodeFormerError(f"{name}: cannot encode a {image.dtype} picture of shape {image.shape}")
+    return encoded.tobytes()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -13,7 +13,7 @@ half-written) or :meth:`Pipeline.restore_video`, and writes:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -49,7 +49,7 @@ _TASK_WORDS = {
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
-def final_extension(path: Path, extension: str | None) -> str:
+def final_extension(path: PurePath, extension: str | None) -> str:
     """The final picture's file extension: ``.png`` by default, the input's for ``auto``."""
     if extension is None or extension == "png":
         return ".png"
@@ -58,12 +58,45 @@ def final_extension(path: Path, extension: str | None) -> str:
     return f".{extension.lstrip('.').lower()}"
 
 
-def write_final_image(path: Path, image: np.ndarray) -> None:
-    """Write a final picture; a JPEG gets 8 bits and no alpha (it holds neither), with a note in the log."""
-    if path.suffix.lower() in _JPEG_EXTENSIONS and (image.dtype != np.uint8 or image.ndim == 3 and image.shape[2] == 4):
-        logger.info("%s: JPEG keeps neither 16 bits nor transparency; saved as 8-bit colour", path.name)
+def final_image(name: str, image: np.ndarray) -> np.ndarray:
+    """The final picture as saved under ``name``: a JPEG gets 8 bits and no alpha (it holds neither), with a note."""
+    has_alpha = image.ndim == 3 and image.shape[2] == 4
+    if PurePath(name).suffix.lower() in _JPEG_EXTENSIONS and (image.dtype != np.uint8 or has_alpha):
+        logger.info("%s: JPEG keeps neither 16 bits nor transparency; saved as 8-bit colour", name)
         image = to_uint8(image[:, :, :3] if image.ndim == 3 else image)
-    write_image(path, image)
+    return image
+
+
+def final_picture_name(path: PurePath, stem: str, suffix: str | None, extension: str | None) -> str:
+    """``<stem>[_<suffix>].<ext>``: a whole picture's name in ``final_results/`` (``extension`` as ``--ext``)."""
+    return with_suffix_name(stem, suffix, final_extension(path, extension))
+
+
+def face_outputs(stem: str, suffix: str | None, result: RestoreResult) -> list[tuple[str, np.ndarray]]:
+    """A picture's face crops as (path relative to the output root, image): ``cropped_faces/``, ``restored_faces/``."""
+    files = []
+    for index, face in enumerate(result.faces):
+        name = f"{stem}_{index:02d}"
+        files.append((f"cropped_faces/{name}.png", face.aligned))
+        files.append((f"restored_faces/{with_suffix_name(name, suffix)}", face.restored))
+    return files
+
+
+def picture_outputs(stem: str, suffix: str | None, final_name: str,
+                    result: RestoreResult) -> list[tuple[str, np.ndarray]]:
+    """Every file of a restored whole picture as (path relative to the output root, image), the final one last.
+
+    The final picture is written last: its presence means the input is complete (resuming skips it).
+    Writers encode each image by its name's extension (:func:`codeformer.imageio.encode_image`).
+    """
+    return [*face_outputs(stem, suffix, result), (f"final_results/{final_name}", final_image(final_name, result.image))]
+
+
+def restore_aligned_images(pipeline: Pipeline, pictures: Sequence[Picture], names: Sequence[str],
+                           options: RestoreOptions) -> list[np.ndarray]:
+    """One chunk of aligned faces through the pipeline's model (batched together: results depend on the chunk)."""
+    results = pipeline.restore_aligned(list(pictures), options, names=list(names))
+    return [result.image for result in results]
 
 
 def describe_rate(frames: int, seconds: float) -> str:
@@ -74,16 +107,19 @@ def describe_rate(frames: int, seconds: float) -> str:
     return f"{rate:.1f} frames/s" if rate >= 1 else f"{seconds / frames:.1f} s/frame"
 
 
+def task_words(task: str) -> tuple[str, str]:
+    """(progress-bar label, summary verb) for a model's task: ("restoring", "restored") ..."""
+    return _TASK_WORDS[task]
+
+
 def task_verb(pipeline: Pipeline) -> str:
     """The summary's verb for the pipeline's task: restored, colorized, inpainted, reconstructed."""
     return _TASK_WORDS[pipeline.task][1]
 
 
 def _write_faces(out_root: Path, stem: str, suffix: str | None, result: RestoreResult) -> None:
-    for index, face in enumerate(result.faces):
-        name = f"{stem}_{index:02d}"
-        write_image(out_root / "cropped_faces" / f"{name}.png", face.aligned)
-        write_image(out_root / "restored_faces" / with_suffix_name(name, suffix), face.restored)
+    for relative, image in face_outputs(stem, suffix, result):
+        write_image(out_root / relative, image)
 
 
 def restore_picture_files(
@@ -108,15 +144,16 @@ def restore_picture_files(
     stems = output_stems(inputs)
 
     def final_path(path: Path) -> Path:
-        return out_root / "final_results" / with_suffix_name(stems[path], suffix, final_extension(path, extension))
+        return out_root / "final_results" / final_picture_name(path, stems[path], suffix, extension)
 
     def process(pictures: list[Picture]) -> list[RestoreResult]:
         return pipeline.restore_pictures(pictures, options)
 
     def save(path: Path, result: RestoreResult) -> None:
-        _write_faces(out_root, stems[path], suffix, result)
         # The final picture last: its presence means the input is complete (skip_existing).
-        write_final_image(final_path(path), result.image)
+        final_name = final_picture_name(path, stems[path], suffix, extension)
+        for relative, image in picture_outputs(stems[path], suffix, final_name, result):
+            write_image(out_root / relative, image)
         if report is not None:
             report.add_picture(path.name, result)
         count = len(result.faces)
@@ -150,9 +187,8 @@ def restore_aligned_files(
         return path, read_image(path, max_pixels=options.max_pixels)
 
     def process(items: list[tuple[Path, Picture]]) -> list[np.ndarray]:
-        results = pipeline.restore_aligned([picture for _, picture in items], options,
-                                           names=[path.name for path, _ in items])
-        return [result.image for result in results]
+        return restore_aligned_images(pipeline, [picture for _, picture in items], [path.name for path, _ in items],
+                                      options)
 
     batch = Batch(load=load, process=process, save=lambda path, image: write_image(target(path), image),
                   chunk_size=pipeline.batch_size,

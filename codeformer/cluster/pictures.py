@@ -1,0 +1,275 @@
+"""Folders of pictures on a Ray cluster: the single-machine layout, byte for byte, from a pool of workers.
+
+The driver lists the inputs, drops those whose final result already exists (before anything is
+scheduled), and groups the rest exactly as :func:`codeformer.batch.run_batch` would on one machine:
+whole pictures one by one, aligned faces in chunks of the pipeline's batch size (a network's float
+sums depend on what is batched together, so the same chunks give the same bytes). Ray Data streams
+the chunks to an actor pool; each actor builds the pipeline once (one per GPU, or per CPU slot),
+reads a chunk's files as bytes (any path or fsspec URL), decodes them with
+:func:`codeformer.imageio.decode_image` (16-bit, alpha and EXIF kept), restores them with the same
+calls and output layout as :mod:`codeformer.runs`, and writes every output atomically itself. Only a
+small status row per input comes back to the driver, which shows progress, logs one line per
+failure, and writes ``ray_report.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from codeformer.batch import BatchReport, describe_failure, output_stems, with_suffix_name
+from codeformer.cluster.ledger import Ledger
+from codeformer.cluster.session import Workers, plan_workers, run_dataset
+from codeformer.cluster.storage import Folder, read_file, split_location
+from codeformer.errors import CodeFormerError
+from codeformer.imageio import IMAGE_EXTENSIONS, SKIP_FOLDER, Picture, decode_image, encode_image, is_image_path
+
+if TYPE_CHECKING:
+    from codeformer.cluster.recipe import PipelineSource
+
+__all__ = ["list_pictures", "restore_pictures_on_ray"]
+
+logger = logging.getLogger(__name__)
+
+FINAL_FOLDER = "final_results"  # where a whole picture's final result goes; its presence means "done"
+
+
+def list_pictures(location: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The pictures a path or URL names: one file, or a folder's pictures sorted by name.
+
+    Returns (pictures, other entries with why each is not read); hidden entries are left out, as
+    :func:`codeformer.imageio.scan_folder` does for local folders.
+    """
+    folder = Folder(location)
+    kinds = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+    if not folder.is_folder():
+        parent, name = split_location(location)
+        if not parent.exists(name):
+            raise CodeFormerError(f"input path {location} does not exist")
+        if not is_image_path(name):
+            raise CodeFormerError(f"{location} is not a picture this command reads ({kinds})")
+        return [location], []
+    pictures, skipped = [], []
+    for name, is_file in folder.entries():
+        if name.startswith("."):
+            continue
+        child = folder.child(name)
+        if not is_file:
+            skipped.append((child, SKIP_FOLDER))
+        elif not is_image_path(name):
+            skipped.append((child, f"not a picture this command reads ({Path(name).suffix or 'no extension'})"))
+        else:
+            pictures.append(child)
+    if not pictures:
+        others = f" ({len(skipped)} other entries skipped)" if skipped else ""
+        raise CodeFormerError(f"no pictures ({kinds}) in folder {location}{others}")
+    return pictures, skipped
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One input picture and where its result goes."""
+
+    location: str  # path or URL every worker can read
+    stem: str  # output base name (unique in the job, as on one machine)
+    output: str  # the final result, relative to the output folder: its presence means done
+
+
+@dataclass(frozen=True)
+class PictureJob:
+    """Everything a worker needs; sent once to each actor."""
+
+    source: PipelineSource
+    items: tuple[_Item, ...]
+    out: Folder
+    aligned: bool  # aligned faces (``<out>/<name>.png``) rather than whole pictures
+    suffix: str | None
+    threads: int  # torch threads of a CPU worker
+    describe: Callable[[BaseException], str]  # words a failure in one line (the CLI names its flags)
+
+
+def _plan(inputs: Sequence[str], out: Folder, *, aligned: bool, suffix: str | None, extension: str | None,
+          chunk_size: int) -> tuple[list[_Item], list[list[int]], list[int]]:
+    """The items, the chunks still to run (indices, as run_batch groups them) and the indices already done."""
+    from codeformer.runs import final_picture_name
+
+    keys = [Path(location) for location in inputs]  # unique per input; name, stem and suffix as the file's
+    stems = output_stems(keys)
+    items = []
+    for location, key in zip(inputs, keys):
+        name, stem = Path(split_location(location)[1]), stems[key]
+        if aligned:
+            output = with_suffix_name(stem, suffix)
+        else:
+            output = f"{FINAL_FOLDER}/{final_picture_name(name, stem, suffix, extension)}"
+        items.append(_Item(location, stem, output))
+    # One listing of the result folder, not a request per input (object stores charge per request).
+    existing = out.names("" if aligned else FINAL_FOLDER)
+    done = [index for index, item in enumerate(items) if item.output.rpartition("/")[2] in existing]
+    skip = set(done)
+    chunks = []
+    for start in range(0, len(items), chunk_size):
+        chunk = [index for index in range(start, min(start + chunk_size, len(items))) if index not in skip]
+        if chunk:
+            chunks.append(chunk)
+    return items, chunks, done
+
+
+class _PictureWorker:
+    """A Ray actor: loads the pipeline once, then restores chunks of pictures and writes their outputs."""
+
+    def __init__(self, job: PictureJob) -> None:
+        import torch
+
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        self._job = job
+        self._pipeline, self._options = job.source.build()
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """One chunk (a row of input indices): read, restore together, write each; a status per input."""
+        job = self._job
+        indices = [int(index) for index in row["items"]]
+        outcome: dict[int, tuple[str, str, int]] = {}  # index -> (status, error line, faces)
+
+        def fail(index: int, error: BaseException) -> None:
+            outcome[index] = ("failed", _failure_line(job.items[index].location, job.describe(error)), 0)
+
+        loaded: list[tuple[int, Picture]] = []
+        for index in indices:
+            location = job.items[index].location
+            try:
+                loaded.append((index, decode_image(read_file(location), name=location,
+                                                   max_pixels=self._options.max_pixels)))
+            except Exception as error:  # noqa: BLE001 - reported per file, the job goes on
+                fail(index, error)
+        try:
+            restored = self._restore(loaded) if loaded else []
+        except Exception as error:  # noqa: BLE001 - the whole chunk fails, as on one machine
+            for index, _ in loaded:
+                fail(index, error)
+            restored = []
+        for index, files, faces in restored:
+            try:
+                for relative, image in files:  # the final result last
+                    job.out.write_bytes(relative, encode_image(relative, image))
+                outcome[index] = ("done", "", faces)
+            except Exception as error:  # noqa: BLE001
+                fail(index, error)
+        return {
+            "items": indices,
+            "status": [outcome[index][0] for index in indices],
+            "error": [outcome[index][1] for index in indices],
+            "faces": [outcome[index][2] for index in indices],
+        }
+
+    def _restore(self, loaded: list[tuple[int, Picture]]) -> list[tuple[int, list[tuple[str, np.ndarray]], int]]:
+        """(input index, its output files relative to the output folder, its face count) for each loaded picture."""
+        from codeformer.runs import picture_outputs, restore_aligned_images
+
+        job = self._job
+        pictures = [picture for _, picture in loaded]
+        if job.aligned:
+            names = [split_location(job.items[index].location)[1] for index, _ in loaded]
+            images = restore_aligned_images(self._pipeline, pictures, names, self._options)
+            return [(index, [(job.items[index].output, image)], 1) for (index, _), image in zip(loaded, images)]
+        restored = []
+        for index, picture in loaded:
+            # One picture per call, as on one machine: the faces of a picture are batched together.
+            result = self._pipeline.restore_pictures([picture], self._options)[0]
+            item = job.items[index]
+            final_name = item.output.rpartition("/")[2]
+            restored.append((index, picture_outputs(item.stem, job.suffix, final_name, result), len(result.faces)))
+        return restored
+
+
+def _batch_size(source: PipelineSource, workers: Workers | None) -> int:
+    """Faces per forward on the workers: the source's, else what :func:`codeformer.load_pipeline` picks there."""
+    from codeformer.pipeline import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+
+    if source.batch_size is not None:
+        return source.batch_size
+    return GPU_BATCH_SIZE if workers is not None and workers.gpus else CPU_BATCH_SIZE
+
+
+def _failure_line(location: str, line: str) -> str:
+    """A failure's line starts with the input's name, as :func:`codeformer.batch.run_batch` words it."""
+    name = split_location(location)[1]
+    return line if line.startswith(location) or line.startswith(name) else f"{name}: {line}"
+
+
+def restore_pictures_on_ray(
+    source: PipelineSource,
+    inputs: Sequence[str],
+    out: str,
+    *,
+    aligned: bool = False,
+    suffix: str | None = None,
+    extension: str | None = None,
+    workers: Workers | None = None,
+    report_to: str | None = None,
+    not_read: Sequence[tuple[str, str]] = (),
+    progress: bool = True,
+    desc: str = "restoring",
+    describe: Callable[[BaseException], str] = describe_failure,
+) -> BatchReport:
+    """Restore pictures (paths or fsspec URLs) on the Ray instance this process is connected to.
+
+    Writes what :func:`codeformer.runs.restore_picture_files` writes (``aligned``:
+    :func:`~codeformer.runs.restore_aligned_files`) into ``out`` (a path or URL), skipping inputs
+    whose final result is there. ``report_to``: the folder for ``ray_report.jsonl`` (default ``out``),
+    which also lists ``not_read`` (folder entries that are not pictures, with why). ``workers``:
+    the actor pool (default :func:`~codeformer.cluster.session.plan_workers` for the source's device).
+    A failed input is one logged line and counts in the returned report; Ctrl-C stops the job (the
+    report is still written) and is raised.
+    """
+    out_folder = Folder(out)
+    if workers is None and aligned:
+        workers = plan_workers(device=source.device)
+    chunk_size = _batch_size(source, workers) if aligned else 1
+    items, chunks, done = _plan(inputs, out_folder, aligned=aligned, suffix=suffix, extension=extension,
+                                chunk_size=chunk_size)
+    ledger = Ledger()
+    for item in items:
+        ledger.add(item.location, output=out_folder.child(item.output))
+    for location, reason in not_read:
+        ledger.add(location, "not_read", error=reason)
+    for index in done:
+        ledger.add(items[index].location, "skipped")
+    report = BatchReport(skipped=len(done))
+    if done:
+        logger.info("%d of %d inputs already have their result in %s: skipped", len(done), len(items), out)
+    try:
+        if chunks:
+            workers = workers or plan_workers(device=source.device)
+            logger.info("running on Ray: %s for %d inputs", workers.describe(), sum(map(len, chunks)))
+            job = PictureJob(source, tuple(items), out_folder, aligned, suffix, workers.cpus, describe)
+            rows = [{"items": chunk} for chunk in chunks]
+            with tqdm(total=len(items), initial=len(done), desc=desc, unit="image" if not aligned else "face",
+                      disable=not progress, dynamic_ncols=True) as bar:
+
+                def on_row(row: Mapping[str, Any]) -> None:
+                    for index, status, error, faces in zip(row["items"], row["status"], row["error"], row["faces"]):
+                        item = items[int(index)]
+                        if status == "done":
+                            report.done += 1
+                            ledger.add(item.location, "done")
+                            if not aligned:
+                                logger.info("%s: %d face%s", split_location(item.location)[1], faces,
+                                            "" if faces == 1 else "s")
+                        else:
+                            report.failed += 1
+                            report.notes.append(str(error))
+                            ledger.add(item.location, "failed", error=str(error))
+                            logger.error("%s", error)
+                        bar.update(1)
+
+                run_dataset(rows, _PictureWorker, job, workers, on_row)
+    finally:
+        ledger.write(Folder(report_to or out))
+    return report

@@ -1,0 +1,171 @@
+"""Ray itself: importing it lazily, joining or starting an instance, sizing the worker pool, running a dataset.
+
+Nothing here imports Ray at module level: the package, and every command without ``--ray``, work
+without it installed; :func:`import_ray` says how to install it when a job needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from codeformer.errors import CodeFormerError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["RAY_INSTALL", "Workers", "import_ray", "plan_workers", "ray_session", "run_dataset"]
+
+logger = logging.getLogger(__name__)
+
+RAY_INSTALL = 'pip install "ray[data]"'
+# Where an address of "local" starts its instance's servers: this machine only, never the network.
+LOCAL_NODE_IP = "127.0.0.1"
+# Environment variables every worker needs to find the weights the way the driver does.
+FORWARDED_ENV = ("CODEFORMER_WEIGHTS_DIR", "CODEFORMER_WEIGHTS_MIRROR")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a one-line error that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is a separate extra
+    except ImportError:
+        raise CodeFormerError(f"running on Ray needs Ray Data: {RAY_INSTALL}") from None
+    return ray
+
+
+def _init_arguments(address: str) -> dict[str, Any]:
+    if address == "local":
+        # A fresh instance even when RAY_ADDRESS points elsewhere; no dashboard (another open port).
+        return {"address": "local", "include_dashboard": False, "_node_ip_address": LOCAL_NODE_IP}
+    if address == "auto" or address.startswith("ray://") or ":" in address:
+        return {"address": address}
+    raise CodeFormerError(f"Ray address {address!r}: use local, auto or ray://host:port")
+
+
+@contextlib.contextmanager
+def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the body: ``local`` (a new instance here), ``auto`` (this machine's cluster) or ``ray://host:port``.
+
+    When Ray is already initialised in this process (a library user, tests) that instance is used and
+    left running. Otherwise the instance joined or started here is shut down on the way out, Ctrl-C
+    included: workers and actors of the job stop with it. ``num_cpus``: CPUs a ``local`` instance offers.
+    Workers get the driver's ``CODEFORMER_WEIGHTS_DIR`` / ``CODEFORMER_WEIGHTS_MIRROR``.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    arguments = _init_arguments(address)
+    if address == "local" and num_cpus is not None:
+        arguments["num_cpus"] = num_cpus
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    try:
+        ray.init(**arguments, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        reason = " ".join(str(error).split())[:300]
+        hint = ""
+        if address == "auto":
+            hint = "; start one first (`ray start --head`, see Ray's cluster docs) or use local"
+        raise CodeFormerError(f"cannot connect to Ray at {address}: {reason}{hint}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The actor pool of a job: how many actors, and what each one reserves."""
+
+    count: int  # actors restoring at once
+    cpus: int  # CPUs each reserves; also its torch threads
+    gpus: int  # 1: each actor has a GPU of its own; 0: CPU actors
+
+    def describe(self) -> str:
+        unit = f"{self.gpus} GPU + {self.cpus} CPU" if self.gpus else f"{self.cpus} CPU"
+        return f"{self.count} worker{'s' if self.count != 1 else ''} ({unit} each)"
+
+
+def plan_workers(count: int | None = None, cpus: int | None = None, *, device: str = "auto") -> Workers:
+    """Size the pool from the cluster: one actor per GPU, or (no GPU, or ``device="cpu"``) one per CPU slot.
+
+    ``count`` caps or sets the number of actors, ``cpus`` the CPUs (torch threads) of each.
+    """
+    ray = import_ray()
+    resources = ray.cluster_resources()
+    cluster_gpus = int(resources.get("GPU", 0))
+    cluster_cpus = max(1, int(resources.get("CPU", 1)))
+    use_gpus = device != "cpu" and device != "mps" and cluster_gpus > 0
+    if device.startswith("cuda") and not cluster_gpus:
+        raise CodeFormerError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
+    per_worker_cpus = cpus or 1
+    if per_worker_cpus > cluster_cpus:
+        raise CodeFormerError(f"each worker asks for {per_worker_cpus} CPUs; the Ray cluster has {cluster_cpus}")
+    default = cluster_gpus if use_gpus else max(1, cluster_cpus // per_worker_cpus)
+    return Workers(count=count or default, cpus=per_worker_cpus, gpus=1 if use_gpus else 0)
+
+
+def quiet_data_context() -> None:
+    """Ray Data's own progress bars and per-run banners off: the driver shows one bar over inputs."""
+    ray = import_ray()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # It warns, once per process, that the bars just turned off are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def run_dataset(
+    rows: list[dict[str, Any]],
+    worker: type,
+    job: object,
+    workers: Workers,
+    on_row: Callable[[Mapping[str, Any]], None],
+) -> None:
+    """Stream ``rows`` through an actor pool of ``worker(job)``; ``on_row`` sees every result row as it comes.
+
+    Each row is its own block, so results stream back one by one and idle actors take the next
+    row. A worker that cannot start (networks missing on that machine) or dies is one
+    :class:`CodeFormerError` naming the cause. Ctrl-C stops the dataset (its actors end).
+    """
+    ray = import_ray()
+    quiet_data_context()
+    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset = dataset.map(
+        worker,
+        fn_constructor_kwargs={"job": job},
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers.count, len(rows)))),
+        num_cpus=workers.cpus,
+        num_gpus=workers.gpus,
+    )
+    try:
+        for row in dataset.iter_rows():
+            on_row(row)
+    except (KeyboardInterrupt, CodeFormerError):
+        raise
+    except Exception as error:  # noqa: BLE001 - Ray wraps a worker's failure in its own types
+        raise CodeFormerError(f"the Ray job failed: {_root_cause(error)}") from None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost message of a Ray error chain (a worker's CodeFormerError reads as itself)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    message = ""
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, CodeFormerError):
+            return str(cause)
+        text = " ".join(str(cause).split())
+        message = text.splitlines()[0] if text else type(cause).__name__
+        inner = getattr(cause, "cause", None)
+        cause = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
+    return message[:300]

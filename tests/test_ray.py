@@ -1,0 +1,347 @@
+"""Cluster jobs on a local Ray instance: the same bytes as one machine, resuming, failures, URLs, video segments.
+
+One Ray instance for the module (2 CPUs, servers on 127.0.0.1, shut down at the end) runs the
+library's jobs with the small network and the fake two-face detector of ``test_pipeline`` (workers
+build it from :class:`SmallRecipe`, so they import this folder: it is on their ``PYTHONPATH``).
+One command line run with ``--ray local`` starts and stops an instance of its own, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from codeformer.batch import describe_failure
+from codeformer.cli import restore_main
+from codeformer.cluster import Folder, list_pictures, restore_pictures_on_ray, restore_video_on_ray
+from codeformer.cluster.ledger import REPORT_NAME
+from codeformer.cluster.session import Workers
+from codeformer.cluster.video import FrameIndex, index_frames, plan_segments
+from codeformer.runs import restore_aligned_files, restore_picture_files
+from test_pipeline import FakeDetector, picture, small_pipeline
+from video_factory import make_clip
+
+ray = pytest.importorskip("ray")
+# Ray Data's own context warns about its deprecated settings whenever it is copied to a worker.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TWO_WORKERS = Workers(count=2, cpus=1, gpus=0)  # one torch thread each: the reference runs with one too
+
+
+ONE_FACE = ((0.5, 0.5),)  # where the fake detector finds a face (a face costs 0.4 s even on the small network)
+
+
+@dataclass(frozen=True)
+class SmallRecipe:
+    """The small network with a one-face fake detector (whole pictures) or none (aligned faces), built on a worker."""
+
+    aligned: bool = False
+    batch_size: int = 3
+    device: str = "cpu"
+
+    def build(self):
+        pipeline = small_pipeline(FakeDetector(ONE_FACE))
+        pipeline.detector = None if self.aligned else pipeline.detector
+        pipeline.batch_size = self.batch_size
+        return pipeline, pipeline.options(fidelity_weight=0.6, upscale=2)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch's float sums depend on its thread count; the reference runs as the workers do, on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    # Ray's processes inherit this environment: workers import the tests' helpers (a runtime_env would cost
+    # a second per worker start).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _save(path: Path, image: np.ndarray) -> Path:
+    ok, data = cv2.imencode(path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8-bit, 16-bit, RGBA, gray and JPEG pictures, two sharing a stem, a corrupt file and a text file."""
+    folder = tmp_path_factory.mktemp("ray_pictures")
+    _save(folder / "colour.png", picture(200, 160, seed=1))
+    _save(folder / "deep.png", picture(180, 150, seed=2).astype(np.uint16) * 257 + 5)
+    _save(folder / "alpha.png", np.dstack([picture(160, 160, seed=3), np.full((160, 160), 90, np.uint8)]))
+    _save(folder / "same.jpg", picture(170, 140, seed=4))
+    _save(folder / "same.png", cv2.cvtColor(picture(150, 150, seed=5), cv2.COLOR_BGR2GRAY))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    (folder / "notes.txt").write_text("not a picture")
+    return folder
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _report(folder: Path) -> dict[str, dict]:
+    lines = (folder / REPORT_NAME).read_text(encoding="utf-8").splitlines()
+    return {Path(entry["input"]).name: entry for entry in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def reference(pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The single-machine run of the same folder (one torch thread, as each worker)."""
+    out = tmp_path_factory.mktemp("reference")
+    inputs, _ = list_pictures(str(pictures))
+    pipeline, options = SmallRecipe().build()
+    with one_thread():
+        restore_picture_files(pipeline, [Path(p) for p in inputs], out, options, suffix="r", extension="auto",
+                              progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_run(local_ray: None, pictures: Path, reference: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The folder through Ray, given as file:// URLs, into a folder where colour.png's results already are."""
+    out = tmp_path_factory.mktemp("ray_out")
+    finished = {name: data for name, data in _tree(reference).items() if name.startswith(("final_results/colour",
+                                                                                           "restored_faces/colour",
+                                                                                           "cropped_faces/colour"))}
+    for name, data in finished.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    kept = {name: (out / name).stat().st_mtime_ns for name in finished}
+    inputs, not_read = list_pictures(pictures.as_uri())
+    report = restore_pictures_on_ray(SmallRecipe(), inputs, out.as_uri(), suffix="r", extension="auto",
+                                     workers=TWO_WORKERS, not_read=not_read, progress=False)
+    return report, out, kept
+
+
+def test_pictures_are_byte_identical_to_the_single_machine_run(ray_run, reference: Path) -> None:
+    report, out, _ = ray_run
+    ray_files = _tree(out)
+    del ray_files[REPORT_NAME]
+    expected = _tree(reference)
+    assert sorted(ray_files) == sorted(expected)
+    assert "final_results/same_jpg_r.jpg" in ray_files and "final_results/deep_r.png" in ray_files
+    assert "restored_faces/alpha_00_r.png" in ray_files and "cropped_faces/alpha_00.png" in ray_files
+    assert [name for name in expected if ray_files[name] != expected[name]] == []
+    assert (report.done, report.skipped, report.failed) == (4, 1, 1)
+
+
+def test_file_urls_work_and_finished_inputs_are_skipped(ray_run, pictures: Path) -> None:
+    report, out, kept = ray_run
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
+    statuses = {name: entry["status"] for name, entry in _report(out).items()}
+    assert statuses["colour.png"] == "skipped" and statuses["deep.png"] == "done"
+    inputs, _ = list_pictures(pictures.as_uri())  # file:// is this machine's disk: read as local files
+    assert sorted(Path(location).name for location in inputs) == sorted(
+        p.name for p in pictures.iterdir() if p.suffix != ".txt")
+
+
+def test_a_corrupt_file_is_reported_and_fails_the_exit_code(ray_run) -> None:
+    report, out, _ = ray_run
+    assert report.exit_code == 1
+    assert len(report.notes) == 1 and "corrupt.png" in report.notes[0] and "not a readable picture" in report.notes[0]
+    entries = _report(out)
+    assert entries["corrupt.png"]["status"] == "failed" and "not a readable picture" in entries["corrupt.png"]["error"]
+    assert entries["notes.txt"]["status"] == "not_read"
+    assert {entries[name]["status"] for name in ("deep.png", "alpha.png", "same.jpg", "same.png")} == {"done"}
+    assert entries["deep.png"]["output"] == str(out / "final_results" / "deep_r.png")
+
+
+def test_resume_schedules_nothing_when_every_result_exists(ray_run, pictures: Path, monkeypatch) -> None:
+    _, out, _ = ray_run
+    before = _tree(out)
+
+    def no_scheduling(*args, **kwargs):
+        raise AssertionError("work was scheduled")
+
+    monkeypatch.setattr("codeformer.cluster.pictures.run_dataset", no_scheduling)
+    inputs, _ = list_pictures(str(pictures))
+    report = restore_pictures_on_ray(SmallRecipe(), [p for p in inputs if "corrupt" not in p], str(out), suffix="r",
+                                     extension="auto", workers=TWO_WORKERS, progress=False)
+    assert (report.done, report.skipped, report.failed) == (0, 5, 0)
+    assert {entry["status"] for entry in _report(out).values()} == {"skipped"}
+    after = _tree(out)
+    assert {name: data for name, data in after.items() if name != REPORT_NAME} == \
+        {name: data for name, data in before.items() if name != REPORT_NAME}
+
+
+def test_aligned_faces_are_byte_identical_in_the_same_chunks(local_ray: None, tmp_path: Path) -> None:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for index in range(4):  # chunks of 3 and 1 as on one machine (a face's bytes depend on its chunk)
+        _save(folder / f"face{index}.png", picture(128, 128, seed=10 + index))
+    inputs = [str(p) for p in sorted(folder.iterdir())]
+    reference = tmp_path / "reference"
+    pipeline, options = SmallRecipe(aligned=True).build()
+    with one_thread():
+        restore_aligned_files(pipeline, [Path(p) for p in inputs], reference, options, progress=False)
+    out = tmp_path / "ray"
+    report = restore_pictures_on_ray(SmallRecipe(aligned=True), inputs, str(out), aligned=True,
+                                     workers=Workers(count=1, cpus=1, gpus=0), progress=False,
+                                     describe=describe_failure)
+    assert (report.done, report.failed) == (4, 0)
+    produced = _tree(out)
+    del produced[REPORT_NAME]
+    assert produced == _tree(reference)
+
+
+def test_ray_missing_is_one_line_that_says_what_to_install(pictures: Path, tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    from codeformer.cli import colorize_main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    assert colorize_main(["-i", str(pictures), "-o", str(tmp_path / "out"), "--ray", "local"]) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "ray[data]"' in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_storage_on_a_non_local_file_system_writes_atomically() -> None:
+    fsspec = pytest.importorskip("fsspec")
+    folder = Folder("memory://ray-test/out")
+    folder.write_bytes("final_results/a.png", b"data")
+    assert folder.names("final_results") == {"a.png"} and folder.exists("final_results/a.png")
+    assert folder.read_bytes("final_results/a.png") == b"data"
+    listed = fsspec.filesystem("memory").ls("/ray-test/out/final_results", detail=False)
+    assert listed == ["/ray-test/out/final_results/a.png"]  # the temporary name is gone
+    assert folder.names("missing") == set()
+    folder.remove("final_results/a.png")
+    assert not folder.exists("final_results/a.png")
+
+
+# --------------------------------------------------------------------------------------------- video
+
+
+def test_segments_start_at_keyframes_and_cover_every_frame_once() -> None:
+    index = FrameIndex(tuple(range(0, 400, 4)), (0, 30, 45, 60, 90))
+    segments = plan_segments(index, 3, overlap=5)
+    assert [(s.start, s.end) for s in segments] == [(0, 30), (30, 60), (60, 100)]
+    assert [(s.context_start, s.context_end) for s in segments] == [(0, 35), (25, 65), (55, 100)]
+    assert [s.seek_pts for s in segments] == [None, 0, 180]  # the keyframe at or before the context
+    assert segments[1].pts == index.pts[25:65]
+    assert len(plan_segments(FrameIndex(index.pts, (0,)), 4)) == 1  # one keyframe: nothing to cut at
+
+
+@pytest.fixture(scope="module")
+def keyframed_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 frames at 25 fps with AAC audio and a keyframe every 4 frames."""
+    import video_factory
+
+    path = tmp_path_factory.mktemp("ray_video") / "clip.mp4"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(video_factory._VIDEO_OPTIONS, "libx264", {"crf": "12", "preset": "veryfast", "g": "4",
+                                                               "keyint_min": "4", "sc_threshold": "0"})
+        make_clip(path, frames=8, fps=25, size=(96, 80), audio="aac")
+    return path
+
+
+def _frame_times(path: Path) -> list[Fraction]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [frame.pts * stream.time_base for frame in container.decode(stream)]
+
+
+def _audio_packets(path: Path) -> list[tuple[int, bytes]]:
+    with av.open(str(path)) as container:
+        return [(packet.pts, bytes(packet)) for packet in container.demux(container.streams.audio[0]) if packet.size]
+
+
+def test_video_in_two_segments_keeps_frames_timing_and_audio(local_ray: None, keyframed_clip: Path,
+                                                             tmp_path: Path) -> None:
+    index = index_frames(keyframed_clip, 0)
+    assert index is not None and len(index.pts) == 8 and index.keyframes == (0, 4)
+    single = tmp_path / "single"
+    pipeline, options = SmallRecipe().build()
+    with one_thread():
+        pipeline.restore_video(keyframed_clip, single / "clip.mp4", options=options, progress=False)
+    out = tmp_path / "ray"
+    # Two frames of context (the default, 7, would make each worker restore the whole short clip).
+    result = restore_video_on_ray(SmallRecipe(), str(keyframed_clip), str(out), segments=2, workers=TWO_WORKERS,
+                                  overlap=2, progress=False)
+    assert result == str(out / "clip.mp4")
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", REPORT_NAME]  # segment files removed
+    entry = _report(out)["clip.mp4"]
+    assert (entry["status"], entry["segments"], entry["frames"]) == ("done", 2, 8)
+    assert _frame_times(out / "clip.mp4") == _frame_times(single / "clip.mp4")
+    assert _audio_packets(out / "clip.mp4") == _audio_packets(single / "clip.mp4")
+    with av.open(str(out / "clip.mp4")) as joined, av.open(str(single / "clip.mp4")) as alone:
+        assert joined.streams.video[0].duration * joined.streams.video[0].time_base == \
+            alone.streams.video[0].duration * alone.streams.video[0].time_base
+        frames = [frame.to_ndarray(format="bgr24") for frame in joined.decode(video=0)]
+        expected = [frame.to_ndarray(format="bgr24") for frame in alone.decode(video=0)]
+    assert frames[0].shape == (160, 192, 3)
+    # Restored from the same context, encoded afresh from each seam: the same pictures up to the codec.
+    assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, expected)) < 4.0
+    # Resuming: the result is there, nothing is scheduled.
+    assert restore_video_on_ray(SmallRecipe(), str(keyframed_clip), str(out), segments=2, workers=TWO_WORKERS,
+                                progress=False) is None
+
+
+# --------------------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def light_weights(tmp_path_factory: pytest.TempPathFactory, restoration_weights: Path) -> Path:
+    """CodeFormer and a RetinaFace MobileNet that finds no face: the command line's cheapest whole-picture run."""
+    from codeformer.face.detection import _build_retinaface
+
+    root = tmp_path_factory.mktemp("light_weights")
+    (root / "CodeFormer").mkdir()
+    os.link(restoration_weights / "CodeFormer" / "codeformer.pth", root / "CodeFormer" / "codeformer.pth")
+    torch.manual_seed(0)
+    state = _build_retinaface("mobile0.25", torch.device("cpu")).state_dict()
+    for head in range(3):  # (background, face) logits of 2 anchors: always background
+        state[f"ClassHead.{head}.conv1x1.weight"].zero_()
+        state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
+    (root / "facelib").mkdir()
+    torch.save(state, root / "facelib" / "detection_mobilenet0.25_Final.pth")
+    return root
+
+
+def test_command_line_with_ray_local_matches_the_plain_command(pictures: Path, tmp_path: Path,
+                                                                light_weights: Path) -> None:
+    """``--ray local`` end to end in a process of its own (it starts Ray, restores, stops Ray) against the plain
+    command: the same files and exit code."""
+    common = ["-i", str(pictures), "--weights_dir", str(light_weights), "--device", "cpu", "-s", "2", "--no_parse",
+              "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "-q"]
+    clustered = subprocess.run([sys.executable, "-m", "codeformer", "restore", *common, "-o", str(tmp_path / "ray"),
+                                "--ray", "local", "--ray_workers", "1"],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+    plain = restore_main([*common, "-o", str(tmp_path / "plain")])
+    assert plain == clustered.returncode == 1, clustered.stderr  # the corrupt file
+    assert "Traceback" not in clustered.stderr
+    assert "corrupt.png" in clustered.stderr and "not a readable picture" in clustered.stderr
+    produced = _tree(tmp_path / "ray")
+    assert [entry["status"] for entry in map(json.loads, produced.pop(REPORT_NAME).splitlines())].count("done") == 5
+    assert produced == _tree(tmp_path / "plain")
+    assert len(produced) == 5  # no face found by the background-only detector: the final pictures alone
