@@ -184,7 +184,7 @@ def _on_ray(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str,
             index = index_frames(out / "clip.mp4", 0)
             count = len(index.pts) if index else 0
         job = time.perf_counter() - started
-    extra: dict[str, Any] = {"workers": workers.describe()}
+    extra: dict[str, Any] = {"pool": workers.describe()}
     if len(finished) > 1:
         extra["steady_per_second"] = round((len(finished) - 1) / (finished[-1] - finished[0]), 3)
     return _timings(count, startup, job, **extra)
@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             unit = "pictures" if kind == "pictures" else "frames"
             steady = f", steady {run['steady_per_second']:.3f}/s" if "steady_per_second" in run else ""
-            print(f"{round_} {kind:<8} {mode:<5} {json.dumps(settings):<32} {run['count']} {unit} in {run['total_s']:6.1f} s "
-                  f"(start-up {run['startup_s']:.1f} s, job {run['job_s']:.1f} s): {run['per_second']:.3f}/s{steady}",
-                  flush=True)
+            print(f"{round_} {kind:<8} {mode:<5} {json.dumps(settings):<32} {run['count']} {unit} in "
+                  f"{run['total_s']:6.1f} s (start-up {run['startup_s']:.1f} s, job {run['job_s']:.1f} s): "
+                  f"{run['per_second']:.3f}/s{steady}", flush=True)
     best: dict[str, dict[str, Any]] = {}
     for run in runs:
         if "error" in run:

@@ -545,6 +545,9 @@ def _run_restore_on_ray(args: argparse.Namespace, w: str) -> int:
 
     source = Folder(args.input_path)
     if not source.is_folder() and is_video_path(args.input_path) and not args.has_aligned:
+        if args.face_index is not None:
+            raise CodeFormerError("--face_index numbers a video's faces by first appearance, which a segment cannot "
+                                  "know: run this video without --ray, or choose faces with --reference_face")
         out_root = args.output_path or f"results/{Path(name_of(args.input_path)).stem}_{w}"
         _check_local_output(out_root)
         with ray_session(args.ray):

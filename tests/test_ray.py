@@ -1,9 +1,9 @@
 """Cluster jobs on a local Ray instance: the same bytes as one machine, resuming, failures, URLs, video segments.
 
-One Ray instance for the module (2 CPUs, servers on 127.0.0.1, shut down at the end) runs the
-library's jobs with the small network and the fake two-face detector of ``test_pipeline`` (workers
-build it from :class:`SmallRecipe`, so they import this folder: it is on their ``PYTHONPATH``).
-One command line run with ``--ray local`` starts and stops an instance of its own, in a subprocess.
+One Ray instance for the module (2 CPUs, no dashboard, shut down at the end) runs the library's jobs
+with the small network of ``test_pipeline`` and its fake detector finding one face (workers build it
+from :class:`SmallRecipe`, so they import this folder: it is on their ``PYTHONPATH``). One command line
+run with ``--ray local`` starts and stops an instance of its own, in a subprocess.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ __all__ = ["RAY_INSTALL", "Workers", "import_ray", "plan_workers", "ray_session"
 logger = logging.getLogger(__name__)
 
 RAY_INSTALL = 'pip install "ray[data]"'
-# Where an address of "local" starts its instance's servers: this machine only, never the network.
+# The node address a "local" instance asks for. Ray 2.60 replaces a loopback address by the machine's
+# reachable one and its servers listen on every interface (behind Ray's token authentication, on by default).
 LOCAL_NODE_IP = "127.0.0.1"
 # Environment variables every worker needs to find the weights the way the driver does.
 FORWARDED_ENV = ("CODEFORMER_WEIGHTS_DIR", "CODEFORMER_WEIGHTS_MIRROR")
