@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "how much of the difference they make; not part of the ratios")
     parser.add_argument("--lookup-faces", action="store_true",
                         help="find the faces with dlib now instead of using the listed ones (minutes, 12 GB)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the jobs not run now from the existing output file (each job records its date and load)")
     parser.add_argument("--keep", type=Path, help="keep inputs, weights and outputs in this (new) folder")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -477,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inputs = write_inputs(root, aligned_faces, frames)
         print(f"inputs and random weights written in {time.perf_counter() - started_all:.0f} s", flush=True)
         for job in args.jobs:
+            job_load_before, job_started = load_average(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
             precisions = ["fp32", "auto"] if job == "aligned" else ["fp32"]
             configs = _configs(job, precisions, args.reference_tuned)
             runs: dict[str, list[dict[str, Any]]] = {_label(c): [] for c in configs}
@@ -493,7 +496,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"  {job} {label} #{repeat + 1}: {note} ({time.perf_counter() - started:.0f} s in all)",
                           flush=True)
                     runs[label].append(result)
-            entry: dict[str, Any] = {"what": whats[job],
+            entry: dict[str, Any] = {"what": whats[job], "started": job_started, "load_before": job_load_before,
+                                     "load_after": load_average(), "repeats": repeats,
+                                     "reference_detection": report["reference_detection"],
                                      "configs": {label: _summarise(job, label, results) for label, results in runs.items()}}
             entry["ratios"] = _ratios(job, entry["configs"], bf16)
             reference = entry["configs"]["reference"]
@@ -506,6 +511,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["jobs"][job] = entry
             _print_job(job, entry)
     report["total_s"] = round(time.perf_counter() - started_all, 1)
+    if args.merge and args.output.is_file():
+        earlier = json.loads(args.output.read_text(encoding="utf-8"))
+        report["jobs"] = {**{job: entry for job, entry in earlier.get("jobs", {}).items() if job not in report["jobs"]},
+                          **report["jobs"]}
+        report["merged"] = "jobs not run now are kept from an earlier run (each job has its own date and load)"
     report["machine"] = describe_machine()
     report["load_before"] = load_before
     report["load_after"] = load_average()
