@@ -227,10 +227,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT
     path or the file is a :class:`CodeFormerError` with a one-line message.
     """
     path = Path(path)
-    return decode_image(_read_regular_file(path), name=str(path), max_pixels=max_pixels)
+    return decode_image(read_file_bytes(path), name=str(path), max_pixels=max_pixels)
 
 
-def _read_regular_file(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytes:
     """The bytes of ``path``, which must be (a link to) a regular file."""
     try:
         descriptor = os.open(path, _READ_FLAGS)

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from codeformer.face.identity import FaceEmbedder
     from codeformer.face.parsing import FaceParser
     from codeformer.upsampler import Upsampler
-    from codeformer.video import VideoStats
+    from codeformer.video import FrameProcessor, VideoStats
 
 __all__ = ["Pipeline", "RestoreResult", "RestoredFace", "load_pipeline"]
 
@@ -308,33 +308,65 @@ class Pipeline:
         False restores every frame on its own. ``on_frame(index, result)`` sees each frame's result
         in order (``result.faces[i].number`` is the face's track).
         """
-        from codeformer.face.temporal import TemporalFaceRestorer
         from codeformer.video import transform_video
+
+        processor = self.frame_processor(options, temporal_smoothing=temporal_smoothing, on_frame=on_frame)
+        return transform_video(src, dst, processor, batch_frames=self.frames_per_step, fps=fps, crf=crf,
+                               preset=preset, progress=progress)
+
+    @property
+    def frames_per_step(self) -> int:
+        """Video frames handed to :meth:`frame_processor` at once: a batch on a GPU, one frame on a CPU.
+
+        Batching frames pays on a GPU; on a CPU a face costs the same alone, and one frame at a time
+        lets a progress bar move with every frame.
+        """
+        on_gpu = getattr(getattr(self.restorer, "device", None), "type", "cpu") != "cpu"
+        return self.batch_size if on_gpu else 1
+
+    def frame_processor(
+        self,
+        options: RestoreOptions | None = None,
+        *,
+        temporal_smoothing: bool = True,
+        on_frame: Callable[[int, RestoreResult], None] | None = None,
+    ) -> FrameProcessor:
+        """What :meth:`restore_video` runs the frames of a video through, for callers that decode them.
+
+        Give it consecutive BGR frames with ``process`` (it may hand them back later: the tracker
+        looks ahead), then ``flush`` at the end; frames come back in order. Arguments as in
+        :meth:`restore_video`.
+        """
+        from codeformer.face.temporal import TemporalFaceRestorer
 
         if not self.whole_pictures:
             raise CodeFormerError(self._aligned_only_reason())
         options = options if options is not None else self.options()
-        # Batching frames pays on a GPU; on a CPU a face costs the same alone, and one frame at a time
-        # lets the progress bar move with every frame.
-        on_gpu = getattr(getattr(self.restorer, "device", None), "type", "cpu") != "cpu"
-        frames_per_step = self.batch_size if on_gpu else 1
         if temporal_smoothing:
-            processor = TemporalFaceRestorer(self._models(), options, on_frame=on_frame)
-            return transform_video(src, dst, processor, batch_frames=frames_per_step, fps=fps, crf=crf,
-                                   preset=preset, progress=progress)
-        frame_index = 0
+            return TemporalFaceRestorer(self._models(), options, on_frame=on_frame)
+        return _FrameByFrame(self, options, on_frame)
 
-        def process(frames: list[np.ndarray]) -> list[np.ndarray]:
-            nonlocal frame_index
-            results = self.restore_pictures([Picture(frame, None, 3) for frame in frames], options)
-            for result in results:
-                if on_frame is not None:
-                    on_frame(frame_index, result)
-                frame_index += 1
-            return [result.image for result in results]
 
-        return transform_video(src, dst, process, batch_frames=frames_per_step, fps=fps, crf=crf, preset=preset,
-                               progress=progress)
+class _FrameByFrame:
+    """Each frame restored on its own, as a whole picture: a frame processor that holds nothing back."""
+
+    def __init__(self, pipeline: Pipeline, options: RestoreOptions,
+                 on_frame: Callable[[int, RestoreResult], None] | None) -> None:
+        self._pipeline = pipeline
+        self._options = options
+        self._on_frame = on_frame
+        self._next_index = 0
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        results = self._pipeline.restore_pictures([Picture(frame, None, 3) for frame in frames], self._options)
+        for result in results:
+            if self._on_frame is not None:
+                self._on_frame(self._next_index, result)
+            self._next_index += 1
+        return [result.image for result in results]
+
+    def flush(self) -> list[np.ndarray]:
+        return []
 
 
 def as_picture(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:

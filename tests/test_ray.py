@@ -28,7 +28,7 @@ from codeformer.batch import describe_failure
 from codeformer.cli import restore_main
 from codeformer.cluster import Folder, list_pictures, restore_pictures_on_ray, restore_video_on_ray
 from codeformer.cluster.ledger import REPORT_NAME
-from codeformer.cluster.session import Workers
+from codeformer.cluster.session import Workers, init_local_ray
 from codeformer.cluster.video import FrameIndex, index_frames, plan_segments
 from codeformer.runs import restore_aligned_files, restore_picture_files
 from test_pipeline import FakeDetector, picture, small_pipeline
@@ -78,11 +78,30 @@ def local_ray() -> Iterator[None]:
     # a second per worker start).
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        listening_before = _listening_sockets()
+        init_local_ray(num_cpus=2, log_to_driver=False)
     try:
+        opened = _listening_sockets() - listening_before
+        assert opened, "no Ray server found in /proc/net/tcp*"
+        assert {address for address, _ in opened} <= LOOPBACK, f"Ray listens beyond this machine: {sorted(opened)}"
         yield
     finally:
         ray.shutdown()
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # as /proc writes them
+
+
+def _listening_sockets() -> set[tuple[str, str]]:
+    """(address, port) in /proc's hex of every listening TCP socket of this machine, IPv4 and IPv6."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A":  # TCP_LISTEN
+                    sockets.add(tuple(local.split(":")))
+    return sockets
 
 
 def _save(path: Path, image: np.ndarray) -> Path:

@@ -375,7 +375,7 @@ def test_variable_frame_rate_timestamps_are_kept(clips: dict[str, Path], tmp_pat
 def test_frame_times_stay_strictly_increasing(
     pts: int | None, previous: int | None, previous_duration: int, expected: int
 ) -> None:
-    assert stages._next_pts(pts, previous, previous_duration) == expected
+    assert stages.next_pts(pts, previous, previous_duration) == expected
 
 
 def test_fps_override_retimes_at_constant_rate(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -523,7 +523,7 @@ def test_failure_in_the_encoder_thread_propagates(
 def test_failure_in_the_decoder_thread_propagates(
     clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = stages._to_bgr
+    original = stages.frame_to_bgr
     decoded = 0
 
     def flaky(*args: object) -> np.ndarray:
@@ -533,7 +533,7 @@ def test_failure_in_the_decoder_thread_propagates(
             raise Boom("decoder failed")
         return original(*args)
 
-    monkeypatch.setattr(stages, "_to_bgr", flaky)
+    monkeypatch.setattr(stages, "frame_to_bgr", flaky)
     with pytest.raises(Boom, match="decoder failed"):
         transform_video(
             clips["aac.mp4"], tmp_path / "o.mp4", identity, batch_frames=2, progress=False

@@ -17,13 +17,11 @@ from codeformer.errors import CodeFormerError
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["RAY_INSTALL", "Workers", "import_ray", "plan_workers", "ray_session", "run_dataset"]
+__all__ = ["RAY_INSTALL", "Workers", "import_ray", "init_local_ray", "plan_workers", "ray_session", "run_dataset"]
 
 logger = logging.getLogger(__name__)
 
 RAY_INSTALL = 'pip install "ray[data]"'
-# The node address a "local" instance asks for. Ray 2.60 replaces a loopback address by the machine's
-# reachable one and its servers listen on every interface (behind Ray's token authentication, on by default).
 LOCAL_NODE_IP = "127.0.0.1"
 # Environment variables every worker needs to find the weights the way the driver does.
 FORWARDED_ENV = ("CODEFORMER_WEIGHTS_DIR", "CODEFORMER_WEIGHTS_MIRROR")
@@ -39,12 +37,31 @@ def import_ray() -> Any:
     return ray
 
 
-def _init_arguments(address: str) -> dict[str, Any]:
-    if address == "local":
+def init_local_ray(**init_arguments: Any) -> None:
+    """``ray.init`` for an instance of this machine alone: every Ray server listens on 127.0.0.1 only.
+
+    Ray (2.x on Linux) swaps a loopback ``_node_ip_address`` for the machine's reachable address, and
+    its gRPC servers then listen on every interface. The swap is skipped when Ray believes clusters
+    are off (its switch for Windows and macOS), and a node whose address is 127.0.0.1 binds its
+    servers, and those of the workers it starts, to loopback. The switch is flipped for the start
+    only. ``init_arguments`` go to ``ray.init`` (``num_cpus``, ``runtime_env``, ...).
+    """
+    ray = import_ray()
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    cluster_switch = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if cluster_switch is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
         # A fresh instance even when RAY_ADDRESS points elsewhere; no dashboard (another open port).
-        return {"address": "local", "include_dashboard": False, "_node_ip_address": LOCAL_NODE_IP}
-    if address == "auto" or address.startswith("ray://") or ":" in address:
-        return {"address": address}
+        ray.init(address="local", include_dashboard=False, _node_ip_address=LOCAL_NODE_IP, **init_arguments)
+    finally:
+        if cluster_switch is not None:
+            constants.ENABLE_RAY_CLUSTER = cluster_switch
+
+
+def _check_address(address: str) -> None:
+    if address == "local" or address == "auto" or address.startswith("ray://") or ":" in address:
+        return
     raise CodeFormerError(f"Ray address {address!r}: use local, auto or ray://host:port")
 
 
@@ -54,20 +71,23 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[None]:
 
     When Ray is already initialised in this process (a library user, tests) that instance is used and
     left running. Otherwise the instance joined or started here is shut down on the way out, Ctrl-C
-    included: workers and actors of the job stop with it. ``num_cpus``: CPUs a ``local`` instance offers.
-    Workers get the driver's ``CODEFORMER_WEIGHTS_DIR`` / ``CODEFORMER_WEIGHTS_MIRROR``.
+    included: workers and actors of the job stop with it. A ``local`` instance listens on 127.0.0.1 only
+    and offers ``num_cpus`` CPUs (default: all). Workers get the driver's ``CODEFORMER_WEIGHTS_DIR`` /
+    ``CODEFORMER_WEIGHTS_MIRROR``.
     """
     ray = import_ray()
     if ray.is_initialized():
         yield
         return
-    arguments = _init_arguments(address)
-    if address == "local" and num_cpus is not None:
-        arguments["num_cpus"] = num_cpus
+    _check_address(address)
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    arguments: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": False,
+                                 "logging_level": logging.WARNING}
     try:
-        ray.init(**arguments, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        if address == "local":
+            init_local_ray(num_cpus=num_cpus, **arguments)
+        else:
+            ray.init(address=address, **arguments)
     except (ConnectionError, RuntimeError, ValueError) as error:
         reason = " ".join(str(error).split())[:300]
         hint = ""

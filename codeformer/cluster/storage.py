@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from codeformer._atomic import atomic_path
 from codeformer.errors import CodeFormerError
-from codeformer.imageio import _read_regular_file, write_bytes_atomic
+from codeformer.imageio import read_file_bytes, write_bytes_atomic
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -155,7 +155,7 @@ class Folder:
     def read_bytes(self, relative: str) -> bytes:
         """A file's bytes; any problem is a one-line :class:`CodeFormerError`."""
         if self._fs is None:
-            return _read_regular_file(Path(self.child(relative)))
+            return read_file_bytes(Path(self.child(relative)))
         try:
             return bytes(self._fs.cat_file(self._remote(relative)))
         except FileNotFoundError:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import queue
 import secrets
 import tempfile
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,25 +37,17 @@ from codeformer.cluster.session import Workers, plan_workers, run_dataset
 from codeformer.cluster.storage import Folder, split_location
 from codeformer.errors import CodeFormerError
 from codeformer.face.tracking import DEFAULT_MAX_GAP, DEFAULT_WINDOW
-from codeformer.imageio import Picture
 from codeformer.video.audio import mux_audio
 from codeformer.video.probe import AVCOL_SPC_TO_SWS, Source, ffmpeg_reason, inspect_source, open_input
 from codeformer.video.stages import (
-    _END,
     EncodeJob,
-    FrameProcessor,
+    FrameEncoder,
     Timing,
-    _Counter,
-    _encode_stage,
-    _Frame,
-    _join,
-    _next_pts,
-    _put,
-    _run_stage,
-    _to_bgr,
     encoder_settings,
+    frame_to_bgr,
     h264_encoder,
     make_timing,
+    next_pts,
     validate_options,
 )
 
@@ -187,42 +177,15 @@ def _decode_segment(source: Source, timing: Timing, segment: Segment) -> Iterato
                     if timing.fixed_rate:
                         pts, duration = index, 1
                     else:
-                        pts = _next_pts(frame.pts - timing.origin, previous, previous_duration)
+                        pts = next_pts(frame.pts - timing.origin, previous, previous_duration)
                         duration = frame.duration or timing.default_duration
                     previous, previous_duration = pts, duration
                     keep = segment.start <= index < segment.end
-                    yield _Timed(pts, duration, keep), _to_bgr(frame, matrix, quarter_turns, scaler)
+                    yield _Timed(pts, duration, keep), frame_to_bgr(frame, matrix, quarter_turns, scaler)
                     if frame.pts == last:
                         return
         except av.FFmpegError as error:
             raise CodeFormerError(f"{source.info.path.name}: cannot decode video: {ffmpeg_reason(error)}") from None
-
-
-class _Batchwise:
-    """A per-batch frame function seen as a :class:`FrameProcessor` that holds nothing back."""
-
-    def __init__(self, function: Callable[[list[np.ndarray]], list[np.ndarray]]) -> None:
-        self._function = function
-
-    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        return self._function(frames)
-
-    def flush(self) -> list[np.ndarray]:
-        return []
-
-
-def _frame_processor(pipeline: Pipeline, options: RestoreOptions, temporal_smoothing: bool) -> FrameProcessor:
-    """What :meth:`Pipeline.restore_video` runs the frames through."""
-    if temporal_smoothing:
-        from codeformer.face.temporal import TemporalFaceRestorer
-
-        return TemporalFaceRestorer(pipeline._models(), options)
-
-    def restore(frames: list[np.ndarray]) -> list[np.ndarray]:
-        results = pipeline.restore_pictures([Picture(frame, None, 3) for frame in frames], options)
-        return [result.image for result in results]
-
-    return _Batchwise(restore)
 
 
 def restore_segment(
@@ -239,56 +202,38 @@ def restore_segment(
 ) -> int:
     """Restore one segment of ``src`` into the video file ``dst`` (no audio); returns the frames written.
 
-    Decoding and restoring run in this thread, encoding (the single-machine encoder stage) in another.
+    Decoding and restoring run in this thread (through the pipeline's frame processor, as
+    :meth:`Pipeline.restore_video`), encoding in another (the single-machine encoder stage).
     """
     source = inspect_source(src)
     timing = make_timing(source, fps)
-    encoder = h264_encoder()
+    codec = h264_encoder()
     job = EncodeJob(
         path=dst, label=f"{src.name} (segment {segment.number})", container_format=_CONTAINER, container_options={},
-        make_settings=lambda width, height: encoder_settings(encoder, crf, preset, width, height, timing.rate),
+        make_settings=lambda width, height: encoder_settings(codec, crf, preset, width, height, timing.rate),
         timing=timing, colorspace=source.colorspace,
     )
-    on_gpu = getattr(getattr(pipeline.restorer, "device", None), "type", "cpu") != "cpu"
-    frames_per_step = pipeline.batch_size if on_gpu else 1  # as Pipeline.restore_video
-    processor = _frame_processor(pipeline, options, temporal_smoothing)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    restored: queue.Queue = queue.Queue(maxsize=_QUEUE_FRAMES)
-    counter = _Counter()
-    encoder_thread = threading.Thread(target=_run_stage, args=(_encode_stage, failures, stop, job, restored, counter),
-                                      name="codeformer-segment-encode", daemon=True)
+    processor = pipeline.frame_processor(options, temporal_smoothing=temporal_smoothing)
     pending: deque[_Timed] = deque()  # frames handed to the processor whose result has not come back
+    with FrameEncoder(job, queue_size=_QUEUE_FRAMES) as encoder:
 
-    def emit(images: Sequence[np.ndarray]) -> None:
-        for image in images:
-            timed = pending.popleft()
-            if timed.keep:
-                _put(restored, _Frame(image, timed.pts, timed.duration), stop)
+        def emit(images: Sequence[np.ndarray]) -> None:
+            for image in images:
+                timed = pending.popleft()
+                if timed.keep:
+                    encoder.write(image, timed.pts, timed.duration)
 
-    encoder_thread.start()
-    try:
         batch: list[np.ndarray] = []
         for timed, image in _decode_segment(source, timing, segment):
             pending.append(timed)
             batch.append(image)
-            if len(batch) == frames_per_step:
+            if len(batch) == pipeline.frames_per_step:
                 emit(processor.process(batch))
                 batch = []
         if batch:
             emit(processor.process(batch))
         emit(processor.flush())
-        _put(restored, _END, stop)
-        _join([encoder_thread])
-    except BaseException:
-        stop.set()
-        _join([encoder_thread])
-        if failures:
-            raise failures[0] from None
-        raise
-    if failures:
-        raise failures[0]
-    return counter.frames
+    return encoder.frames
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ error is raised in the caller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -150,7 +151,7 @@ def validate_options(
         raise CodeFormerError(f"unknown preset {preset!r}; use one of: {', '.join(X264_PRESETS)}")
 
 
-def _to_bgr(
+def frame_to_bgr(
     frame: av.VideoFrame, matrix: Colorspace, quarter_turns: int, scaler: VideoReformatter
 ) -> np.ndarray:
     """Decoded frame -> upright (H, W, 3) BGR uint8, contiguous.
@@ -184,7 +185,7 @@ def _to_yuv_frame(
     )
 
 
-def _next_pts(pts: Optional[int], previous: Optional[int], previous_duration: int) -> int:
+def next_pts(pts: Optional[int], previous: Optional[int], previous_duration: int) -> int:
     """A presentation time strictly after ``previous``: the frame's own when it is, else the
     previous one plus its duration (frames without or with repeated timestamps)."""
     if previous is None:
@@ -287,10 +288,10 @@ def _decode_stage(
                         pts, duration = counter.frames, 1
                     else:
                         raw = None if frame.pts is None else frame.pts - timing.origin
-                        pts = _next_pts(raw, previous, previous_duration)
+                        pts = next_pts(raw, previous, previous_duration)
                         duration = frame.duration or timing.default_duration
                     previous, previous_duration = pts, duration
-                    image = _to_bgr(frame, matrix, quarter_turns, scaler)
+                    image = frame_to_bgr(frame, matrix, quarter_turns, scaler)
                     _put(out, _Frame(image, pts, duration), stop)
                     counter.frames += 1
         except av.FFmpegError as exc:
@@ -448,6 +449,57 @@ def _join(threads: Sequence[threading.Thread]) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(timeout=_POLL_S)  # a short timeout keeps KeyboardInterrupt deliverable
+
+
+class FrameEncoder:
+    """The encoder stage on its own: frames written here are encoded in a thread into ``job.path``.
+
+    For callers that decode and process frames themselves (a video cut into segments)::
+
+        with FrameEncoder(job) as encoder:
+            for image, pts, duration in frames:
+                encoder.write(image, pts, duration)
+        encoder.frames  # how many were encoded
+
+    Leaving the block normally waits for the last frame to be muxed and raises the encoder's error,
+    if any; leaving it with an exception stops the thread and lets the exception through.
+    """
+
+    def __init__(self, job: EncodeJob, queue_size: int = 8) -> None:
+        self._stop = threading.Event()
+        self._failures: list[BaseException] = []
+        self._frames: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._counter = _Counter()
+        self._thread = threading.Thread(
+            target=_run_stage, args=(_encode_stage, self._failures, self._stop, job, self._frames, self._counter),
+            name="codeformer-video-encode", daemon=True,
+        )  # fmt: skip
+
+    @property
+    def frames(self) -> int:
+        """Frames encoded so far (all of them once the block is left)."""
+        return self._counter.frames
+
+    def __enter__(self) -> FrameEncoder:
+        self._thread.start()
+        return self
+
+    def write(self, image: np.ndarray, pts: int, duration: int) -> None:
+        """Queue one (H, W, 3) BGR uint8 frame; times in the job's time base, increasing."""
+        try:
+            _put(self._frames, _Frame(image, pts, duration), self._stop)
+        except _Stopped:
+            raise self._failures[0] if self._failures else CodeFormerError("the video encoder stopped") from None
+
+    def __exit__(self, error_type: object, error: object, traceback: object) -> None:
+        if error is None:
+            with contextlib.suppress(_Stopped):
+                _put(self._frames, _END, self._stop)
+        else:
+            self._stop.set()
+        _join([self._thread])
+        if error is None and self._failures:
+            raise self._failures[0]
 
 
 def encode_video(
