@@ -245,6 +245,45 @@ def test_ray_missing_is_one_line_that_says_what_to_install(pictures: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_the_read_stage_returns_bytes_or_the_line_that_says_why_not(pictures: Path, tmp_path: Path) -> None:
+    """Ray Data's read stage, on its own: a file gone since listing is a failure line, not a lost chunk."""
+    from codeformer.cluster.pictures import PictureJob, _Item, _read_chunk
+
+    present = str(pictures / "colour.png")
+    items = (_Item(present, "a", "a.png"), _Item(str(tmp_path / "gone.png"), "gone", "gone.png"))
+    job = PictureJob(SmallRecipe(), items, Folder(str(tmp_path)), False, None, 1, describe_failure)
+    row = _read_chunk({"items": [0, 1]}, job)
+    assert row["items"] == [0, 1] and row["data"][0] == Path(present).read_bytes() and row["data"][1] == b""
+    assert row["read_error"][0] == "" and row["read_error"][1].startswith(f"{tmp_path / 'gone.png'}: cannot read")
+
+
+@pytest.mark.parametrize(("resources", "count", "cpus", "device", "expected"), [
+    ({"CPU": 16, "memory": 64 * 2**30}, None, None, "auto", Workers(16, 1, 0)),  # one per CPU
+    ({"CPU": 64, "memory": 64 * 2**30}, None, None, "auto", Workers(21, 1, 0)),  # as many as memory holds
+    ({"CPU": 64, "memory": 64 * 2**30}, 40, None, "auto", Workers(40, 1, 0)),  # asked for: as asked
+    ({"CPU": 16, "memory": 64 * 2**30}, None, 4, "auto", Workers(4, 4, 0)),
+    ({"CPU": 16, "GPU": 2, "memory": 64 * 2**30}, None, None, "auto", Workers(2, 1, 1)),  # one per GPU
+    ({"CPU": 16, "GPU": 2, "memory": 64 * 2**30}, None, None, "cpu", Workers(16, 1, 0)),
+    ({"CPU": 2, "memory": 2**30}, None, None, "auto", Workers(1, 1, 0)),  # never none
+])
+def test_the_default_pool_fits_the_cluster(resources, count, cpus, device, expected, monkeypatch) -> None:
+    from codeformer.cluster.session import plan_workers
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    assert plan_workers(count, cpus, device=device) == expected
+
+
+def test_workers_larger_than_the_cluster_are_refused(monkeypatch) -> None:
+    from codeformer.cluster.session import plan_workers
+    from codeformer.errors import CodeFormerError
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2, "memory": 2**34})
+    with pytest.raises(CodeFormerError, match="each worker asks for 4 CPUs; the Ray cluster has 2"):
+        plan_workers(None, 4)
+    with pytest.raises(CodeFormerError, match="has no GPU"):
+        plan_workers(None, None, device="cuda")
+
+
 def test_storage_on_a_non_local_file_system_writes_atomically() -> None:
     fsspec = pytest.importorskip("fsspec")
     folder = Folder("memory://ray-test/out")

@@ -3,9 +3,9 @@
 The driver lists the inputs, drops those whose final result already exists (before anything is
 scheduled), and groups the rest exactly as :func:`codeformer.batch.run_batch` would on one machine:
 whole pictures one by one, aligned faces in chunks of the pipeline's batch size (a network's float
-sums depend on what is batched together, so the same chunks give the same bytes). Ray Data streams
-the chunks to an actor pool; each actor builds the pipeline once (one per GPU, or per CPU slot),
-reads a chunk's files as bytes (any path or fsspec URL), decodes them with
+sums depend on what is batched together, so the same chunks give the same bytes). Ray Data reads
+each chunk's files as bytes (any path or fsspec URL; read tasks overlap the restoring) and streams
+them to an actor pool; each actor builds the pipeline once (one per GPU, or per CPU slot), decodes them with
 :func:`codeformer.imageio.decode_image` (16-bit, alpha and EXIF kept), restores them with the same
 calls and output layout as :mod:`codeformer.runs`, and writes every output atomically itself. Only a
 small status row per input comes back to the driver, which shows progress, logs one line per
@@ -120,6 +120,22 @@ def _plan(inputs: Sequence[str], out: Folder, *, aligned: bool, suffix: str | No
     return items, chunks, done
 
 
+def _read_chunk(row: Mapping[str, Any], job: PictureJob) -> dict[str, Any]:
+    """Ray Data's read stage: the bytes of a chunk's files, or the line that says why one could not be read."""
+    indices = [int(index) for index in row["items"]]
+    data: list[bytes] = []
+    errors: list[str] = []
+    for index in indices:
+        location = job.items[index].location
+        try:
+            data.append(read_file(location))
+            errors.append("")
+        except Exception as error:  # noqa: BLE001 - reported per file by the worker, the job goes on
+            data.append(b"")
+            errors.append(_failure_line(location, job.describe(error)))
+    return {"items": indices, "data": data, "read_error": errors}
+
+
 class _PictureWorker:
     """A Ray actor: loads the pipeline once, then restores chunks of pictures and writes their outputs."""
 
@@ -132,7 +148,7 @@ class _PictureWorker:
         self._pipeline, self._options = job.source.build()
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """One chunk (a row of input indices): read, restore together, write each; a status per input."""
+        """One chunk (input indices and their bytes): decode, restore together, write each; a status per input."""
         job = self._job
         indices = [int(index) for index in row["items"]]
         outcome: dict[int, tuple[str, str, int]] = {}  # index -> (status, error line, faces)
@@ -141,11 +157,13 @@ class _PictureWorker:
             outcome[index] = ("failed", _failure_line(job.items[index].location, job.describe(error)), 0)
 
         loaded: list[tuple[int, Picture]] = []
-        for index in indices:
+        for index, data, read_error in zip(indices, row["data"], row["read_error"]):
             location = job.items[index].location
+            if read_error:
+                outcome[index] = ("failed", str(read_error), 0)
+                continue
             try:
-                loaded.append((index, decode_image(read_file(location), name=location,
-                                                   max_pixels=self._options.max_pixels)))
+                loaded.append((index, decode_image(bytes(data), name=location, max_pixels=self._options.max_pixels)))
             except Exception as error:  # noqa: BLE001 - reported per file, the job goes on
                 fail(index, error)
         try:
@@ -269,7 +287,7 @@ def restore_pictures_on_ray(
                             logger.error("%s", error)
                         bar.update(1)
 
-                run_dataset(rows, _PictureWorker, job, workers, on_row)
+                run_dataset(rows, _PictureWorker, job, workers, on_row, read=_read_chunk)
     finally:
         ledger.write(Folder(report_to or out))
     return report

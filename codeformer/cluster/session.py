@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 RAY_INSTALL = 'pip install "ray[data]"'
 LOCAL_NODE_IP = "127.0.0.1"
+# Read tasks running at once per worker: enough to have the next inputs' bytes ready, few enough to
+# keep at most a few inputs' bytes in flight per worker.
+READ_AHEAD = 2
+# Memory a worker process needs: every network loaded plus one face's activations, with margin (peak RSS
+# 2.2 to 2.9 GiB in benchmarks/bench_memory.py and bench_end_to_end.py on CPU). Caps the default pool.
+WORKER_MEMORY_BYTES = 3 * 2**30
 # Environment variables every worker needs to find the weights the way the driver does.
 FORWARDED_ENV = ("CODEFORMER_WEIGHTS_DIR", "CODEFORMER_WEIGHTS_MIRROR")
 
@@ -116,7 +122,8 @@ class Workers:
 def plan_workers(count: int | None = None, cpus: int | None = None, *, device: str = "auto") -> Workers:
     """Size the pool from the cluster: one actor per GPU, or (no GPU, or ``device="cpu"``) one per CPU slot.
 
-    ``count`` caps or sets the number of actors, ``cpus`` the CPUs (torch threads) of each.
+    ``count`` sets the number of actors, ``cpus`` the CPUs (torch threads) of each. Without ``count``
+    the pool is also capped by the cluster's memory, at :data:`WORKER_MEMORY_BYTES` per worker.
     """
     ray = import_ray()
     resources = ray.cluster_resources()
@@ -129,6 +136,12 @@ def plan_workers(count: int | None = None, cpus: int | None = None, *, device: s
     if per_worker_cpus > cluster_cpus:
         raise CodeFormerError(f"each worker asks for {per_worker_cpus} CPUs; the Ray cluster has {cluster_cpus}")
     default = cluster_gpus if use_gpus else max(1, cluster_cpus // per_worker_cpus)
+    if not count and "memory" in resources:
+        fitting = max(1, int(resources["memory"] // WORKER_MEMORY_BYTES))
+        if fitting < default:
+            logger.info("%d workers would fit the cluster's CPUs, %d its memory (%.0f GiB): starting %d",
+                        default, fitting, resources["memory"] / 2**30, fitting)
+            default = fitting
     return Workers(count=count or default, cpus=per_worker_cpus, gpus=1 if use_gpus else 0)
 
 
@@ -150,16 +163,24 @@ def run_dataset(
     job: object,
     workers: Workers,
     on_row: Callable[[Mapping[str, Any]], None],
+    *,
+    read: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None,
 ) -> None:
     """Stream ``rows`` through an actor pool of ``worker(job)``; ``on_row`` sees every result row as it comes.
 
     Each row is its own block, so results stream back one by one and idle actors take the next
-    row. A worker that cannot start (networks missing on that machine) or dies is one
-    :class:`CodeFormerError` naming the cause. Ctrl-C stops the dataset (its actors end).
+    row. ``read(row, job)``, when given, runs first as Ray Data tasks of its own (input bytes fetched
+    while the actors compute): they reserve no CPU, since the actors hold them all, and at most
+    :data:`READ_AHEAD` per worker run at once. A worker that cannot start (networks missing on that
+    machine) or dies is one :class:`CodeFormerError` naming the cause. Ctrl-C stops the dataset
+    (its actors end).
     """
     ray = import_ray()
     quiet_data_context()
     dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if read is not None:
+        dataset = dataset.map(read, fn_kwargs={"job": job}, num_cpus=0,
+                              concurrency=READ_AHEAD * max(1, workers.count))
     dataset = dataset.map(
         worker,
         fn_constructor_kwargs={"job": job},
