@@ -161,12 +161,12 @@ def _on_ray(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str,
     finished: list[float] = []
     run_dataset = pictures_job.run_dataset
 
-    def timed_run(rows, worker, job, pool, on_row):  # the time of each result, for the steady rate
+    def timed_run(rows, worker, job, pool, on_row, **stages):  # the time of each result, for the steady rate
         def record(row):
             finished.extend([time.perf_counter()] * len(row["items"]))
             on_row(row)
 
-        return run_dataset(rows, worker, job, pool, record)
+        return run_dataset(rows, worker, job, pool, record, **stages)
 
     pictures_job.run_dataset = timed_run
     started = time.perf_counter()

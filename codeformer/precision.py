@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DTYPES",
     "PRECISION_CHOICES",
+    "SINGLE_ARENA_ENV",
     "apply_precision",
     "configure_cpu_runtime",
     "cpu_has_native_bf16",
@@ -65,10 +66,16 @@ CUDA_BF16_CAPABILITY = (8, 0)
 # glibc mallopt parameters (malloc.h) and the threshold configure_cpu_runtime sets.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 # Above glibc's default (at most 32 MiB), every activation of a 512x512 face (64-256 MiB in float32)
 # is a fresh mmap whose pages the kernel faults in and zeroes on first touch, and it is unmapped
 # again when freed: that costs as much as the convolutions. Kept in the heap instead, they are reused.
 _KEEP_ALLOCATIONS_BELOW = 2**31 - 1  # mallopt's largest value (a C int): 2 GiB, a batch of 8 faces
+
+
+# The environment that makes every thread of a new process allocate from the main heap (glibc reads it
+# when the process starts), for processes whose work runs in threads started before the tuning.
+SINGLE_ARENA_ENV: Mapping[str, str] = {"MALLOC_ARENA_MAX": "1"}
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -168,7 +175,12 @@ def configure_cpu_runtime(*, flush_denormal: bool = True, reuse_memory: bool = T
       zeroed pages, which costs about as much as the convolutions: a 512x512 face takes about
       1.7 s instead of 2.7 s in fp32 and 1.25 s instead of 1.9 s in bf16 on two cores. The price is
       a higher peak resident memory (about +1 GB for a batch of 4 faces): blocks of one size cannot
-      serve larger requests, and nothing goes back to the system until the process ends.
+      serve larger requests, and nothing goes back to the system until the process ends. Threads
+      started afterwards allocate from the same heap (one malloc arena): glibc builds a thread's
+      own arena from 64 MiB pieces, so there a block larger than that is a fresh mapping every
+      time whatever the thresholds, and a network run from a thread (a web server's handler) lost
+      the gain. Processes that run their work in threads they did not start (Ray's workers) need
+      ``MALLOC_ARENA_MAX=1`` in their environment instead (:data:`SINGLE_ARENA_ENV`).
     """
     applied = []
     if flush_denormal and torch.set_flush_denormal(True):
@@ -178,6 +190,7 @@ def configure_cpu_runtime(*, flush_denormal: bool = True, reuse_memory: bool = T
             libc = ctypes.CDLL("libc.so.6")
             kept = libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_ALLOCATIONS_BELOW) == 1
             kept = libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_ALLOCATIONS_BELOW) == 1 and kept
+            kept = libc.mallopt(_M_ARENA_MAX, 1) == 1 and kept
         except (OSError, AttributeError):
             kept = False
         if kept:

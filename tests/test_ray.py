@@ -55,6 +55,9 @@ class SmallRecipe:
     device: str = "cpu"
 
     def build(self):
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            # A worker must run with one malloc arena (see run_dataset): else its thread is slow.
+            assert os.environ.get("MALLOC_ARENA_MAX") == "1", "the worker was started without MALLOC_ARENA_MAX=1"
         pipeline = small_pipeline(FakeDetector(ONE_FACE))
         pipeline.detector = None if self.aligned else pipeline.detector
         pipeline.batch_size = self.batch_size
