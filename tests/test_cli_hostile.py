@@ -189,13 +189,13 @@ def test_ctrl_c_during_a_video_leaves_no_partial_file(restoration_weights: Path,
     import signal
     import time
 
-    from video_factory import make_clip
+    from video_factory import ctrl_c_acts, make_clip
 
     clip = make_clip(tmp_path / "clip.mp4", frames=12, size=(256, 256), audio="aac", image=astronaut_bgr)
     out = tmp_path / "out"
     command = [sys.executable, "inference_codeformer.py", "-i", str(clip), "-o", str(out), "--weights_dir",
                str(restoration_weights), "--detection_model", "dlib", "--device", "cpu", "-q"]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_acts)
     try:
         # The output folder appears when the video stages start: decoding, restoring and encoding are under way.
         _wait_for(out.is_dir, process)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from video_factory import (  # noqa: E402
     AUDIO_AMPLITUDE,
     AUDIO_RATE,
+    ctrl_c_acts,
     face_image,
     gradient_image,
     make_clip,
@@ -571,6 +572,7 @@ def test_ctrl_c_stops_promptly_and_leaves_nothing(tmp_path: Path) -> None:
         text=True,
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        preexec_fn=ctrl_c_acts,
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "processing"  # mid-run: threads are busy
@@ -700,3 +702,29 @@ def test_unchanged_frames_keep_their_levels(tmp_path: Path, bt709: bool) -> None
     for before, after in zip(decode_frames(src), decode_frames(dst)):
         offsets = (after.astype(np.float64) - before).reshape(-1, 3).mean(axis=0)  # B, G, R
         assert np.all(np.abs(offsets) < 0.5), offsets
+
+
+def _encode_job(path: Path) -> stages.EncodeJob:
+    timing = stages.Timing(Fraction(1, 25), Fraction(25), 1, 0, fixed_rate=True)
+    codec = stages.h264_encoder()
+    return stages.EncodeJob(path=path, label="test", container_format="mp4", container_options={},
+                            make_settings=lambda w, h: stages.encoder_settings(codec, 18, "ultrafast", w, h, timing.rate),
+                            timing=timing, colorspace=1)
+
+
+def test_frame_encoder_writes_every_frame_and_reports_its_failure(tmp_path: Path) -> None:
+    """The encoder stage on its own (what a video segment on a cluster worker encodes with)."""
+    frames = [np.full((48, 64, 3), 40 * index, np.uint8) for index in range(5)]
+    with stages.FrameEncoder(_encode_job(tmp_path / "out.mp4")) as encoder:
+        for index, image in enumerate(frames):
+            encoder.write(image, index, 1)
+    assert encoder.frames == 5
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        decoded = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    assert [round(float(np.median(d)) / 40) for d in decoded] == [0, 1, 2, 3, 4]  # the frames, in order
+
+    with pytest.raises((av.FFmpegError, OSError)):  # the encoder thread cannot open its file: the writer hears it
+        with stages.FrameEncoder(_encode_job(tmp_path / "missing" / "out.mp4")) as encoder:
+            for index in range(100):
+                encoder.write(frames[0], index, 1)
+    assert video_threads() == []

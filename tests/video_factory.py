@@ -8,6 +8,7 @@ these helpers to build inputs for the video pipeline.
 
 from __future__ import annotations
 
+import signal
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -271,3 +272,9 @@ def make_clip(
             raise ValueError("rotation is only supported for .mp4/.mov/.m4v clips")
         _set_rotation(path, rotation)
     return path
+
+
+def ctrl_c_acts() -> None:
+    """``Popen(preexec_fn=...)`` for children a test interrupts: they act on SIGINT even when the test run
+    itself was started with SIGINT ignored (a background job), which a child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
