@@ -163,7 +163,7 @@ def test_unknown_detector_is_a_usage_error_listing_valid_names(picture_folder: P
 
 def test_video_end_to_end(tmp_path: Path, restoration_weights: Path, parsing_weights: Path,
                           astronaut_bgr: np.ndarray) -> None:
-    clip = make_clip(tmp_path / "clip.mov", frames=5, fps=10, size=(256, 256), audio="pcm_s16le",
+    clip = make_clip(tmp_path / "clip.mov", frames=3, fps=10, size=(256, 256), audio="pcm_s16le",
                      image=astronaut_bgr)
     out = tmp_path / "out"
     code = restore_main(["-i", str(clip), "-o", str(out), "--detection_model", "dlib", "-s", "2", "--suffix", "v",
@@ -176,7 +176,7 @@ def test_video_end_to_end(tmp_path: Path, restoration_weights: Path, parsing_wei
         assert container.streams.audio, "the audio track was dropped"
         assert video.average_rate == 10
         frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
-    assert len(frames) == 5
+    assert len(frames) == 3
     reference = cv2.resize(cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA), (512, 512))
     region = (slice(60, 180), slice(170, 270))  # the face, at 512 px
     assert np.abs(frames[0][region].astype(int) - reference[region].astype(int)).mean() > 10

@@ -29,6 +29,7 @@ from codeformer.cli import restore_main
 from codeformer.cluster import Folder, list_pictures, restore_pictures_on_ray, restore_video_on_ray
 from codeformer.cluster.ledger import REPORT_NAME
 from codeformer.cluster.session import Workers, init_local_ray
+from codeformer.precision import SINGLE_ARENA_ENV
 from codeformer.cluster.video import FrameIndex, index_frames, plan_segments
 from codeformer.runs import restore_aligned_files, restore_picture_files
 from test_pipeline import FakeDetector, picture, small_pipeline
@@ -78,11 +79,12 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     # Ray's processes inherit this environment: workers import the tests' helpers (a runtime_env would cost
-    # a second per worker start).
+    # a second per worker start). The job's runtime_env is the one the actor pool asks for (as ray_session
+    # sets it), so Ray's ready workers serve the actors.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
         listening_before = _listening_sockets()
-        init_local_ray(num_cpus=2, log_to_driver=False)
+        init_local_ray(num_cpus=2, log_to_driver=False, runtime_env={"env_vars": dict(SINGLE_ARENA_ENV)})
     try:
         opened = _listening_sockets() - listening_before
         assert opened, "no Ray server found in /proc/net/tcp*"

@@ -80,15 +80,17 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[None]:
     left running. Otherwise the instance joined or started here is shut down on the way out, Ctrl-C
     included: workers and actors of the job stop with it. A ``local`` instance listens on 127.0.0.1 only
     and offers ``num_cpus`` CPUs (default: all). Workers get the driver's ``CODEFORMER_WEIGHTS_DIR`` /
-    ``CODEFORMER_WEIGHTS_MIRROR``.
+    ``CODEFORMER_WEIGHTS_MIRROR``, and one malloc arena (``MALLOC_ARENA_MAX=1``).
     """
     ray = import_ray()
     if ray.is_initialized():
         yield
         return
     _check_address(address)
-    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
-    arguments: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": False,
+    # The workers' one malloc arena (see run_dataset) set for the whole job too: workers Ray starts ahead
+    # for the job then serve the actors, instead of each actor waiting for a process of its own.
+    env = {**SINGLE_ARENA_ENV, **{name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}}
+    arguments: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                                  "logging_level": logging.WARNING}
     try:
         if address == "local":
