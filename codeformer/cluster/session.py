@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 RAY_INSTALL = 'pip install "ray[data]"'
 LOCAL_NODE_IP = "127.0.0.1"
+TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Read tasks running at once per worker: enough to have the next inputs' bytes ready, few enough to
 # keep at most a few inputs' bytes in flight per worker.
 READ_AHEAD = 2
@@ -58,10 +59,15 @@ def init_local_ray(**init_arguments: Any) -> None:
     cluster_switch = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     if cluster_switch is not None:
         constants.ENABLE_RAY_CLUSTER = False
+    # Ray warns at every start that its token authentication is on (its default): nothing to act on here.
+    token_log = logging.getLogger(TOKEN_SETUP_LOGGER)
+    token_log_level = token_log.level
+    token_log.setLevel(logging.ERROR)
     try:
         # A fresh instance even when RAY_ADDRESS points elsewhere; no dashboard (another open port).
         ray.init(address="local", include_dashboard=False, _node_ip_address=LOCAL_NODE_IP, **init_arguments)
     finally:
+        token_log.setLevel(token_log_level)
         if cluster_switch is not None:
             constants.ENABLE_RAY_CLUSTER = cluster_switch
 
