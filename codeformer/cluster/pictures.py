@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from codeformer.batch import BatchReport, describe_failure, output_stems, with_suffix_name
 from codeformer.cluster.ledger import Ledger
+from codeformer.cluster.recipe import build_on_worker
 from codeformer.cluster.session import Workers, plan_workers, run_dataset
 from codeformer.cluster.storage import Folder, read_file, split_location
 from codeformer.errors import CodeFormerError
@@ -140,12 +141,8 @@ class _PictureWorker:
     """A Ray actor: loads the pipeline once, then restores chunks of pictures and writes their outputs."""
 
     def __init__(self, job: PictureJob) -> None:
-        import torch
-
-        if job.threads:
-            torch.set_num_threads(job.threads)
         self._job = job
-        self._pipeline, self._options = job.source.build()
+        self._pipeline, self._options = build_on_worker(job.source, job.threads)
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """One chunk (input indices and their bytes): decode, restore together, write each; a status per input."""

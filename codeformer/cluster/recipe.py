@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from codeformer.face.pipeline import RestoreOptions
     from codeformer.pipeline import Pipeline
 
-__all__ = ["PipelineRecipe", "PipelineSource"]
+__all__ = ["PipelineRecipe", "PipelineSource", "build_on_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +68,12 @@ class PipelineRecipe:
             logger.debug("worker runtime: %s", ", ".join(configure_cpu_runtime()) or "unchanged")
         pipeline = load_pipeline(self.model, **self.load)
         return pipeline, pipeline.options(**self.options)
+
+
+def build_on_worker(source: PipelineSource, threads: int) -> tuple[Pipeline, RestoreOptions]:
+    """On a worker, once: torch's threads set to the CPUs it reserved (0: left as they are), then the pipeline."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return source.build()

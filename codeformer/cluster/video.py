@@ -33,6 +33,7 @@ from tqdm import tqdm
 from codeformer._atomic import atomic_path, temporary_sibling
 from codeformer.batch import describe_failure, with_suffix_name
 from codeformer.cluster.ledger import Ledger
+from codeformer.cluster.recipe import build_on_worker
 from codeformer.cluster.session import Workers, plan_workers, run_dataset
 from codeformer.cluster.storage import Folder, split_location
 from codeformer.errors import CodeFormerError
@@ -257,12 +258,8 @@ class _SegmentWorker:
     """A Ray actor: loads the pipeline once, then restores segments into temporary files in the output folder."""
 
     def __init__(self, job: VideoJob) -> None:
-        import torch
-
-        if job.threads:
-            torch.set_num_threads(job.threads)
         self._job = job
-        self._pipeline, self._options = job.source.build()
+        self._pipeline, self._options = build_on_worker(job.source, job.threads)
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         job = self._job
