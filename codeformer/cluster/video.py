@@ -215,6 +215,7 @@ def restore_segment(
         timing=timing, colorspace=source.colorspace,
     )
     processor = pipeline.frame_processor(options, temporal_smoothing=temporal_smoothing)
+    frames_per_step = pipeline.frames_per_step
     pending: deque[_Timed] = deque()  # frames handed to the processor whose result has not come back
     with FrameEncoder(job, queue_size=_QUEUE_FRAMES) as encoder:
 
@@ -228,7 +229,7 @@ def restore_segment(
         for timed, image in _decode_segment(source, timing, segment):
             pending.append(timed)
             batch.append(image)
-            if len(batch) == pipeline.frames_per_step:
+            if len(batch) == frames_per_step:
                 emit(processor.process(batch))
                 batch = []
         if batch:
