@@ -7,7 +7,9 @@ Each measurement runs a job the way a user runs it, in a fresh process, on files
   after :func:`codeformer.precision.configure_cpu_runtime`, as the command line does;
 - the reference: :mod:`benchmarks.reference_pipeline` (``inference_codeformer.py``'s loop with the face
   helper, one face per forward, float32, ParseNet per face, full-canvas paste-back, PNG writes;
-  video: decode all, per-frame pictures, PNGs read back, encode), without process tuning.
+  video: decode all, per-frame pictures, PNGs read back, encode), without process tuning;
+- with ``--original DIR``, also the original: sczhou/CodeFormer's own ``inference_codeformer.py`` from
+  the checkout DIR, run as is (see below).
 
 Jobs (default flags: ``-w 0.5 -s 2``, RetinaFace ResNet-50, ParseNet, no upsampler):
 
@@ -16,10 +18,29 @@ Jobs (default flags: ``-w 0.5 -s 2``, RetinaFace ResNet-50, ParseNet, no upsampl
 - aligned: real 512x512 face crops (:func:`benchmarks.faces.real_face_crops`) with ``--has_aligned``,
   ours in fp32 (target 0.5x) and ``--precision auto`` (target 0.3x where the CPU has bf16);
 - video: a 720p clip with one face (:func:`benchmarks.faces.video_frame`, sliding and noisy, no
-  audio); target: ours at least 2x the reference's frames per second.
+  audio); target: ours at least 2x the reference's frames per second;
+- photos: whole photos (default: ``inputs/whole_imgs/astronaut.jpg`` and ``astronaut_pair.jpg``, or
+  ``--photos``) with ``-w 0.7 -s 2 --detection_model dlib``: ours and the original run dlib's real
+  detector; the reference gets dlib's faces (looked up once) through
+  :class:`benchmarks.reference_pipeline.KnownFaces` at the cost of dlib on the 640 px copy its
+  helper detects on. No target: it is the job the original can run with random weights.
+
+The original (``--original DIR``; default jobs then photos and aligned): its ``inference_codeformer.py``
+runs in the child process through ``runpy`` from a work folder that links the checkout's packages and
+holds the same random weights under the original's names (:mod:`benchmarks.original`; nothing is
+written into the checkout): ``-w 0.7 -s 2 --detection_model dlib`` on the photos, ``--has_aligned -w 0.5
+-s 2`` on the aligned crops. It is not run on the picture job (the faces are handed in there, and dlib
+on the 2000x1500 photo takes 86 s and 12 GB) nor on the video (its video path needs the ``ffmpeg``
+program and ffmpeg-python). Its time is the script's loop over the inputs, from the first
+``clean_all`` to its end (imports, model building and weight loading before it excluded, as the other
+sides' load time is; its CPU time, which cannot be split so, is not compared); stages come from
+wrapping its classes in that process. Besides this repository's
+requirements it needs addict, future, lmdb, lpips, yapf and scikit-image from PyPI, and a
+``basicsr/version.py`` (:mod:`benchmarks.original` says how). Printed and saved: each side's times,
+ours and the reference against the original (wall-time ratio), and output agreement with it.
 
 Weights are random in the official layouts (speed does not depend on their values), written once
-and loaded by both sides. The faces are the ones dlib finds in these pictures (listed below, or
+and loaded by every side. The faces of the picture and video jobs are the ones dlib finds (listed below, or
 found again with ``--lookup-faces``), handed to both pipelines by
 :class:`benchmarks.reference_pipeline.KnownFaces` at the cost of running RetinaFace on the picture.
 Each process runs its job once to warm up (oneDNN primitives, allocator) and once timed;
@@ -36,7 +57,8 @@ difference, share of pixels that differ).
 
 Usage, from the repository root::
 
-    python -m benchmarks.bench_end_to_end [--quick] [--repeats 2] [--jobs picture aligned video]
+    python -m benchmarks.bench_end_to_end [--quick] [--repeats 2] [--jobs picture aligned video photos]
+    python -m benchmarks.bench_end_to_end --original /path/to/CodeFormer [--repeats 1] [--photos a.jpg]
 
 ``--quick`` (one repeat, 2 aligned faces, 2 video frames) takes about 5 minutes on two cores.
 Prints the ratios and writes ``benchmarks/results/end_to_end.json``.
@@ -61,7 +83,17 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks.machine import describe_machine, load_average, peak_rss_mib, run_child, save_report  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "end_to_end.json"
-JOBS = ("picture", "aligned", "video")
+JOBS = ("picture", "aligned", "video")  # the default jobs
+ALL_JOBS = (*JOBS, "photos")
+ORIGINAL_JOBS = ("photos", "aligned")  # the jobs the original runs (see the docstring)
+ORIGINAL_NOT_RUN = {
+    "picture": "faces are handed in (KnownFaces); dlib on the 2000x1500 photo takes 86 s and 12 GB",
+    "video": "its video path needs the ffmpeg program and ffmpeg-python",
+}
+DEFAULT_PHOTOS = (REPO_ROOT / "inputs" / "whole_imgs" / "astronaut.jpg",
+                  REPO_ROOT / "inputs" / "whole_imgs" / "astronaut_pair.jpg")
+PHOTOS_FIDELITY = 0.7  # -w of the photos job
+DEFAULT_FIDELITY = 0.5  # -w elsewhere: the model's (and the original script's) default
 # Targets of issue 17: ours / reference wall time (video: ours / reference frames per second).
 TARGET_PICTURE = 0.5
 TARGET_ALIGNED_FP32 = 0.5
@@ -125,7 +157,9 @@ def write_weights(root: Path) -> Path:
     return random_weights_root(root)
 
 
-def write_inputs(folder: Path, aligned_faces: int, frames: int) -> dict[str, str]:
+def write_inputs(folder: Path, aligned_faces: int, frames: int, photos: list[Path]) -> dict[str, str]:
+    import shutil
+
     import cv2
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -141,7 +175,24 @@ def write_inputs(folder: Path, aligned_faces: int, frames: int) -> dict[str, str
         cv2.imwrite(str(aligned / f"{name}.png"), crop)
     clip = folder / "clip_720p.mp4"
     make_clip(clip, frames=frames, fps=CLIP_FPS, size=CLIP_SIZE, audio=None, image=video_frame(CLIP_SIZE))
-    return {"picture": str(picture), "aligned": str(aligned), "video": str(clip)}
+    whole = folder / "photos"
+    whole.mkdir()
+    for photo in photos:
+        shutil.copyfile(photo, whole / photo.name)  # the files as they are: each side decodes them itself
+    return {"picture": str(picture), "aligned": str(aligned), "video": str(clip), "photos": str(whole)}
+
+
+def lookup_photo_faces(folder: Path) -> list[list[Any]]:
+    """dlib's faces on each photo's working picture (short side raised to 512, as both helpers read it),
+    as ``known`` entries ``[[height, width], rows]`` for the reference's KnownFaces."""
+    from codeformer.face.pipeline import working_image
+    from codeformer.imageio import read_image
+
+    known = []
+    for path in sorted(folder.iterdir()):
+        work, _ = working_image(read_image(path))
+        known.append([list(work.shape[:2]), lookup_faces(work).tolist()])
+    return known
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,13 +242,14 @@ def _ours(config: dict[str, Any]) -> dict[str, Any]:
     clock = StageClock()
     job = config["job"]
     started = time.perf_counter()
-    pipe = load_pipeline("codeformer", detector=None if job == "aligned" else "retinaface_resnet50", device="cpu",
+    detector = {"aligned": None, "photos": "dlib"}.get(job, "retinaface_resnet50")
+    pipe = load_pipeline("codeformer", detector=detector, device="cpu",
                          precision=config["precision"], weights_dir=config["weights"])
     load_s = time.perf_counter() - started
-    if pipe.detector is not None:
+    if detector == "retinaface_resnet50":
         pipe.detector = KnownFaces(pipe.detector.detect, _known_faces(config))
     instrument(pipe, clock)
-    options = pipe.options(upscale=2)  # -w: the model's default (0.5)
+    options = pipe.options(upscale=2, fidelity_weight=config["fidelity_weight"])
     source = Path(config["input"])
     keep_frames = _keep_video_frames(pipe)
 
@@ -253,11 +305,16 @@ def _reference(config: dict[str, Any]) -> dict[str, Any]:
         applied = configure_cpu_runtime()
     clock = reference.StageClock()
     started = time.perf_counter()
+    job = config["job"]
     models = reference.load_reference_models(config["weights"], _known_faces(config))
+    if job == "photos":  # dlib's faces at dlib's cost on what the helper detects on
+        from codeformer.face.detection import load_detector
+
+        models.detector = reference.KnownFaces(load_detector("dlib", device="cpu").detect, _known_faces(config))
     helper = reference.make_helper(models, clock, upscale_only_detection=config["upscale_only_detection"])
     load_s = time.perf_counter() - started
     source = Path(config["input"])
-    job = config["job"]
+    w = config["fidelity_weight"]
 
     def run(out: Path) -> int:
         if job == "video":
@@ -266,12 +323,54 @@ def _reference(config: dict[str, Any]) -> dict[str, Any]:
         inputs = sorted(source.iterdir()) if source.is_dir() else [source]
         for path in inputs:
             if job == "aligned":
-                reference.restore_aligned_file(path, out, helper, models)
+                reference.restore_aligned_file(path, out, helper, models, w=w)
             else:
-                reference.restore_picture_file(path, out, helper, models)
+                reference.restore_picture_file(path, out, helper, models, w=w)
         return len(inputs)
 
     return _timed_twice(run, clock, config, load_s=load_s, precision="fp32", runtime=applied)
+
+
+def _original(config: dict[str, Any]) -> dict[str, Any]:
+    """The original's own inference_codeformer.py (see the docstring), stages timed from outside."""
+    from benchmarks import original
+    from benchmarks.reference_pipeline import StageClock
+
+    workdir = Path(config["workdir"])
+    original.enter_workdir(workdir)
+    clock = StageClock()
+    original.instrument(clock)
+    from facelib.utils.face_restoration_helper import FaceRestoreHelper
+
+    # The loop over the inputs starts with the first clean_all(): what comes before is loading.
+    loop_started: list[float] = []
+    clean_all = FaceRestoreHelper.clean_all
+
+    def marked_clean_all(helper: Any) -> None:
+        if not loop_started:
+            loop_started.append(time.perf_counter())
+        clean_all(helper)
+
+    FaceRestoreHelper.clean_all = marked_clean_all
+    source = Path(config["input"])
+    flags = ["--has_aligned"] if config["job"] == "aligned" else ["--detection_model", "dlib"]
+    arguments = ["-w", str(config["fidelity_weight"]), "-s", "2", *flags, "-i", str(source)]
+    loads: list[float] = []
+
+    def run(out: Path) -> int:
+        loop_started.clear()
+        started = time.perf_counter()
+        original.run_script(workdir, [*arguments, "-o", str(out)])
+        loads.append(loop_started[0] - started if loop_started else 0.0)
+        return len(list(source.iterdir()))
+
+    result = _timed_twice(run, clock, config, load_s=0.0, precision="fp32", runtime=[])
+    # Wall and CPU times without the timed run's model loading, as for the other sides.
+    result["script_s"] = result["wall_s"]
+    result["wall_s"] = round(result["wall_s"] - loads[-1], 3)
+    result["load_s"] = round(loads[-1], 3)
+    result.pop("cpu_s")  # the script's CPU time cannot be split from its loading: not compared
+    return result
 
 
 def _timed_twice(run: Any, clock: Any, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -296,7 +395,8 @@ def _cpu_seconds() -> float:
 
 
 def child(config: dict[str, Any]) -> dict[str, Any]:
-    return _reference(config) if config["side"] == "reference" else _ours(config)
+    sides = {"reference": _reference, "original": _original, "ours": _ours}
+    return sides[config["side"]](config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,17 +462,33 @@ def compare_outputs(job: str, ours: Path, reference: Path) -> dict[str, Any]:
 # Parent
 
 
-def _configs(job: str, precisions: list[str], reference_tuned: bool) -> list[dict[str, Any]]:
+def _configs(job: str, precisions: list[str], reference_tuned: bool, original: bool) -> list[dict[str, Any]]:
     """The compared configurations of a job, in the order they are interleaved."""
     ours = [{"side": "ours", "precision": precision} for precision in (precisions if job == "aligned" else ["fp32"])]
     tuned = [{"side": "reference", "precision": "fp32", "tuned": True}] if reference_tuned else []
-    return [*ours, {"side": "reference", "precision": "fp32"}, *tuned]
+    theirs = [{"side": "original", "precision": "fp32"}] if original and job in ORIGINAL_JOBS else []
+    return [*ours, {"side": "reference", "precision": "fp32"}, *tuned, *theirs]
 
 
 def _label(config: dict[str, Any]) -> str:
     if config["side"] == "reference":
         return "reference tuned" if config.get("tuned") else "reference"
+    if config["side"] == "original":
+        return "original"
     return f"ours {config['precision']}"
+
+
+def _against_original(job: str, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each other side's wall time per item against the original's (no targets: a yardstick)."""
+    theirs = configs.get("original", {})
+    if "wall_s_min" not in theirs:
+        return {}
+    ratios = {}
+    for label, summary in configs.items():
+        if label != "original" and "wall_s_min" in summary:
+            value = summary["per_item_s"] / theirs["per_item_s"]
+            ratios[label] = {"value": round(value, 3), "measure": f"{label} / original wall time"}
+    return ratios
 
 
 def _summarise(job: str, label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -397,7 +513,7 @@ def _summarise(job: str, label: str, runs: list[dict[str, Any]]) -> dict[str, An
 
 def _print_job(job: str, entry: dict[str, Any]) -> None:
     reference = entry["configs"]["reference"]
-    print(f"\n{job}: {entry['what']}")
+    print(f"\n{job}: {entry['what']} (reference: benchmarks.reference_pipeline; original: its own script)")
     for label, summary in entry["configs"].items():
         if "wall_s_min" not in summary:
             print(f"  {label:<15} failed: {summary.get('errors')}")
@@ -409,20 +525,31 @@ def _print_job(job: str, entry: dict[str, Any]) -> None:
         print(f"  {label:<15} {summary['wall_s_min']:7.2f} s{rate}; peak RSS {summary['peak_rss_mib']:.0f} MiB; "
               f"stages: {stages}")
     for label, ratio in entry.get("ratios", {}).items():
-        verdict = "meets" if ratio["met"] else "misses"
+        target = f"; target {ratio['target']}: {'meets' if ratio['met'] else 'misses'}" if "target" in ratio else ""
         cpu = f"; in CPU time {ratio['cpu_value']:.3f}" if "cpu_value" in ratio else ""
-        print(f"  {label}: {ratio['value']:.3f} ({ratio['measure']}; target {ratio['target']}: {verdict}{cpu})")
-    if "wall_s_min" not in reference:
-        return
-    for label, agreement in entry.get("agreement", {}).items():
-        print(f"  agreement {label}: {json.dumps(agreement)}")
+        print(f"  {label}: {ratio['value']:.3f} ({ratio['measure']}{target}{cpu})")
+    for label, ratio in entry.get("against_original", {}).items():
+        print(f"  {label} vs original: {ratio['value']:.3f} ({ratio['measure']})")
+    if "wall_s_min" in reference:
+        for label, agreement in entry.get("agreement", {}).items():
+            print(f"  agreement {label} vs reference: {json.dumps(agreement)}")
+    for label, agreement in entry.get("agreement_original", {}).items():
+        print(f"  agreement {label} vs original: {json.dumps(agreement)}")
+    if "original_not_run" in entry:
+        print(f"  original: not run ({entry['original_not_run']})")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, 2 aligned faces, 2 video frames")
     parser.add_argument("--repeats", type=int, help="interleaved repeats per configuration (default 2; quick 1)")
-    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
+    parser.add_argument("--jobs", nargs="+", choices=ALL_JOBS,
+                        help=f"default: {' '.join(JOBS)}; with --original: {' '.join(ORIGINAL_JOBS)}")
+    parser.add_argument("--original", type=Path, metavar="DIR",
+                        help="also run sczhou/CodeFormer's own inference_codeformer.py from this checkout "
+                             "(see benchmarks/original.py for its setup)")
+    parser.add_argument("--photos", nargs="+", type=Path, default=list(DEFAULT_PHOTOS),
+                        help="the photos job's pictures (default: two of inputs/whole_imgs)")
     parser.add_argument("--aligned-faces", type=int, help="aligned crops restored per run (default 3; quick 2)")
     parser.add_argument("--frames", type=int, help="video frames (default 4; quick 2)")
     parser.add_argument("--upscale-only-detection", action="store_true",
@@ -444,6 +571,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.keep is not None:
         args.keep.mkdir(parents=True)  # a new folder: outputs of an earlier run would be compared otherwise
+    if args.original is not None:
+        from benchmarks.original import check_original
+
+        args.original = check_original(args.original)  # before minutes of set-up
+    jobs = args.jobs or list(ORIGINAL_JOBS if args.original is not None else JOBS)
 
     from benchmarks.faces import group_photo, video_frame
     from codeformer.precision import cpu_has_native_bf16
@@ -459,29 +591,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         known_picture, known_frame = _rows(GROUP_PHOTO_FACES), _rows(VIDEO_FRAME_FACES)
     known = [[list(group_photo().shape[:2]), known_picture.tolist()],
              [[CLIP_SIZE[1], CLIP_SIZE[0]], known_frame.tolist()]]
+    photos = [photo.absolute() for photo in args.photos]
     report: dict[str, Any] = {
         "benchmark": "end_to_end",
         "weights": "random CodeFormer, RetinaFace ResNet-50 (zero classification head) and ParseNet, official layouts",
-        "faces": "dlib's faces of each picture handed to both pipelines at the cost of RetinaFace (KnownFaces)",
+        "faces": "dlib's faces of each picture handed to both pipelines at the cost of RetinaFace (KnownFaces); "
+                 "photos: dlib's detector (ours, original), dlib's faces at dlib's cost (reference)",
         "reference_detection": "upscale only (before 2024-09)" if args.upscale_only_detection
         else "short side resized to 640 (reference since a75e7ae, 2024-09)",
         "repeats": repeats, "jobs": {},
     }
+    if args.original is not None:
+        from benchmarks.original import checkout_commit
+
+        report["original"] = {"checkout": str(args.original), "commit": checkout_commit(args.original),
+                              "runs": "its inference_codeformer.py, through runpy in a fresh process per run"}
     whats = {
         "picture": f"2000x1500 JPEG, {len(known_picture)} faces, -w 0.5 -s 2, default flags, fp32",
         "aligned": f"{aligned_faces} aligned 512x512 crops, --has_aligned",
         "video": f"{frames} frames of 1280x720 at {CLIP_FPS} fps, one face, no audio, -s 2, H.264 CRF 18 medium",
+        "photos": f"{len(photos)} whole photos ({', '.join(photo.name for photo in photos)}), "
+                  f"-w {PHOTOS_FIDELITY} -s 2, dlib detection, fp32",
     }
     started_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="end_to_end_") as folder:
         root = args.keep if args.keep is not None else Path(folder)
         weights = write_weights(root / "weights")
-        inputs = write_inputs(root, aligned_faces, frames)
+        inputs = write_inputs(root, aligned_faces, frames, photos)
+        workdir = None
+        if args.original is not None:
+            from benchmarks.original import make_workdir
+
+            workdir = make_workdir(args.original, root / "original_work", weights)
+        if "photos" in jobs:
+            known += lookup_photo_faces(Path(inputs["photos"]))  # dlib, once: for the reference's KnownFaces
         print(f"inputs and random weights written in {time.perf_counter() - started_all:.0f} s", flush=True)
-        for job in args.jobs:
+        for job in jobs:
             job_load_before, job_started = load_average(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
             precisions = ["fp32", "auto"] if job == "aligned" else ["fp32"]
-            configs = _configs(job, precisions, args.reference_tuned)
+            configs = _configs(job, precisions, args.reference_tuned, workdir is not None)
             runs: dict[str, list[dict[str, Any]]] = {_label(c): [] for c in configs}
             for repeat in range(repeats):
                 for config in configs:
@@ -489,6 +637,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     out = root / "out" / f"{job}_{label.replace(' ', '_')}_{repeat}"
                     child_config = {**config, "job": job, "weights": str(weights), "input": inputs[job],
                                     "known": known, "frames": frames, "out": str(out),
+                                    "fidelity_weight": PHOTOS_FIDELITY if job == "photos" else DEFAULT_FIDELITY,
+                                    "workdir": str(workdir) if workdir is not None else None,
                                     "upscale_only_detection": args.upscale_only_detection}
                     started = time.perf_counter()
                     result = run_child("benchmarks.bench_end_to_end", child_config)
@@ -501,11 +651,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "reference_detection": report["reference_detection"],
                                      "configs": {label: _summarise(job, label, results) for label, results in runs.items()}}
             entry["ratios"] = _ratios(job, entry["configs"], bf16)
+            entry["against_original"] = _against_original(job, entry["configs"])
             reference = entry["configs"]["reference"]
             if "out" in reference:
                 entry["agreement"] = {label: compare_outputs(job, Path(summary["out"]), Path(reference["out"]))
                                       for label, summary in entry["configs"].items()
                                       if label.startswith("ours") and "out" in summary}
+            theirs = entry["configs"].get("original", {})
+            if "out" in theirs:
+                entry["agreement_original"] = {
+                    label: compare_outputs(job, Path(summary["out"]), Path(theirs["out"]))
+                    for label, summary in entry["configs"].items() if label != "original" and "out" in summary}
+            if workdir is not None and job in ORIGINAL_NOT_RUN:
+                entry["original_not_run"] = ORIGINAL_NOT_RUN[job]
             for summary in entry["configs"].values():
                 summary.pop("out", None)
             report["jobs"][job] = entry
@@ -543,6 +701,11 @@ def _ratios(job: str, configs: dict[str, dict[str, Any]], bf16: bool) -> dict[st
                 ratios[label]["cpu_value"] = round(1 / cpu, 3)
             continue
         value = summary["per_item_s"] / reference["per_item_s"]
+        if job == "photos":  # no target: the job is there for the original
+            ratios[label] = {"value": round(value, 3), "measure": "ours / reference wall time"}
+            if cpu:
+                ratios[label]["cpu_value"] = round(cpu, 3)
+            continue
         target = TARGET_PICTURE if job == "picture" else TARGET_ALIGNED_FP32
         if job == "aligned" and label == "ours auto":
             if not bf16:

@@ -1,4 +1,5 @@
-"""YOLOv5-face: official layouts, strict loading, and the reference's letterbox, decoding, NMS and scale-back."""
+"""YOLOv5-face: official layouts, strict loading, the reference's letterbox, decoding, NMS and scale-back,
+and whole pictures through find_faces / plan_faces against what the original's face helper finds."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeformer.errors import CodeFormerError
-from codeformer.face.detection import DetectedFace
+from codeformer.face.alignment import FFHQ_TEMPLATE_5
+from codeformer.face.detection import DetectedFace, eye_distance, find_faces, find_faces_in_frames
+from codeformer.face.pipeline import Models, RestoreOptions, plan_faces, working_image
+from codeformer.imageio import Picture
 from codeformer.face.yolov5face import (
     ANCHORS,
     STRIDES,
@@ -32,6 +36,10 @@ from codeformer.face.yolov5face import (
 
 # A copy of the project's spec of the official files' tensor names and shapes, kept with the tests.
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "yolov5face_layouts.json"
+# What sczhou/CodeFormer's own face helper finds on whole_pictures() with firing_state() weights, written
+# by `python -m benchmarks.original yolov5-expectations --original DIR` (DIR: a checkout of the original).
+ORIGINAL_PATH = Path(__file__).resolve().parent / "data" / "yolov5face_original.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_FILES = {"YOLOv5l": "yolov5l-face.pth", "YOLOv5n": "yolov5n-face.pth"}
 OBJ, CLS = 4, 15  # columns of a decoded row: cx, cy, w, h, objectness, 10 landmark values, class
 LOGIT_ON, LOGIT_OFF = 20.0, -20.0  # sigmoid: 1 - 2e-9 and 2e-9, far on either side of every threshold
@@ -348,3 +356,162 @@ def test_cuda_gives_the_cpu_result() -> None:
     for faces in on_cuda:
         assert [face.box.tolist() for face in faces] == [[7, 4, 22, 15]]
         assert [face.landmarks.tolist() for face in faces] == [face.landmarks.tolist() for face in on_cpu]
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole pictures: the face helper's steps around the detector, against the original
+
+# Random weights whose head fires on a few boxes of a real photo. Default-initialised, the network's
+# features are the same everywhere (its activations shrink layer after layer) and the head fires
+# everywhere or nowhere; He-initialised convolutions keep them varied. Objectness and class logits
+# are spread by `confidence_gain` and shifted by `confidence_bias` so that a few dozen boxes pass
+# 0.7; landmark offsets are shrunk by `landmark_gain` so that many faces come near the reference's
+# 5 px eye-distance filter.
+FIRING_SETTINGS = {"seed": 0, "conv_gain": 2.0, "running_mean_std": 0.1, "confidence_gain": 3.0,
+                   "confidence_bias": -6.0, "landmark_gain": 0.007, "box_gain": 1.0}
+_BOX_COLUMNS, _LANDMARK_COLUMNS, _CONFIDENCE_COLUMNS = slice(0, 4), slice(5, 15), [OBJ, CLS]
+
+
+def firing_state(name: str, settings: dict[str, float] = FIRING_SETTINGS) -> dict[str, torch.Tensor]:
+    """Random ``name`` weights in the official layout whose head fires on some boxes (see above)."""
+    generator = torch.Generator().manual_seed(int(settings["seed"]))
+    network = build_yolov5face(name)
+    state = network.state_dict()
+    head = f"model.{len(network.model) - 1}."
+    for key, value in state.items():
+        if value.ndim == 4 and not key.startswith(head):  # (out, in, kh, kw) convolutions
+            fan_in = value[0].numel()
+            value.copy_(torch.randn(value.shape, generator=generator) * math.sqrt(settings["conv_gain"] / fan_in))
+        elif key.endswith("running_mean"):
+            value.copy_(torch.randn(value.shape, generator=generator) * settings["running_mean_std"])
+    for level in range(len(STRIDES)):
+        weight, bias = state[f"{head}m.{level}.weight"], state[f"{head}m.{level}.bias"]
+        weight.copy_(torch.randn(weight.shape, generator=generator) / math.sqrt(weight[0].numel()))
+        bias.zero_()
+        per_anchor = weight.view(3, 16, -1)  # (anchors, outputs, in)
+        per_anchor[:, _CONFIDENCE_COLUMNS] *= settings["confidence_gain"]
+        per_anchor[:, _LANDMARK_COLUMNS] *= settings["landmark_gain"]
+        per_anchor[:, _BOX_COLUMNS] *= settings["box_gain"]
+        bias.view(3, 16)[:, _CONFIDENCE_COLUMNS] = settings["confidence_bias"]
+    return state
+
+
+def whole_pictures() -> dict[str, np.ndarray]:
+    """Three BGR photos: 512x512 (detected at 640, bilinear), 420x800 (raised to 512x975 first, then
+    640x1218) and 840x1600 (reduced to 640x1219 with INTER_AREA)."""
+    from skimage.data import astronaut
+
+    pair = cv2.imread(str(REPO_ROOT / "inputs" / "whole_imgs" / "astronaut_pair.jpg"), cv2.IMREAD_COLOR)
+    return {
+        "astronaut": cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR),
+        "astronaut_pair": pair,
+        "astronaut_pair_x2": cv2.resize(pair, (1600, 840), interpolation=cv2.INTER_LINEAR),
+    }
+
+
+class TemplateRestorer:
+    """Only what plan_faces reads from a restorer: the crop size and the FFHQ template."""
+
+    name = "template-only"
+    input_size = 512
+    template = FFHQ_TEMPLATE_5
+    supports_fidelity = True
+    precision = "fp32"
+
+
+@pytest.fixture(scope="module")
+def original() -> dict:
+    return json.loads(ORIGINAL_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def firing_detector(original: dict, tmp_path_factory: pytest.TempPathFactory) -> YOLOv5FaceDetector:
+    """The test weights saved as the official file and loaded as the command line loads them."""
+    name = original["detector"]
+    assert original["weights"] == FIRING_SETTINGS  # the stored faces were found with these weights
+    weights_dir = tmp_path_factory.mktemp("yolov5_firing")
+    path = weights_dir / "facelib" / f"{name.lower()}-face.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(firing_state(name), path)
+    return load_yolov5face(name, device=torch.device("cpu"), weights_dir=weights_dir)
+
+
+@pytest.mark.parametrize("picture_name", ["astronaut", "astronaut_pair", "astronaut_pair_x2"])
+def test_whole_picture_faces_and_crops_are_the_originals(
+    picture_name: str, original: dict, firing_detector: YOLOv5FaceDetector
+) -> None:
+    expected = original["pictures"][picture_name]
+    bgr = whole_pictures()[picture_name]
+    plan = plan_faces(Picture(bgr, None, 3), Models(TemplateRestorer(), firing_detector), RestoreOptions())
+    assert list(plan.work_image.shape[:2]) == expected["work_size"]
+    assert len(expected["boxes"]) >= 10  # a test that sees faces
+    # Same faces in the same order; boxes and landmarks bit for bit (whole pixels of the 640 px copy
+    # divided by the scale in float64), so the same alignments and crops.
+    assert len(plan.faces) == len(expected["boxes"])
+    np.testing.assert_array_equal([face.box for face in plan.faces], expected["boxes"])
+    np.testing.assert_array_equal([face.landmarks for face in plan.faces], expected["landmarks"])
+    np.testing.assert_allclose(plan.affines, expected["affines"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose([crop.mean() for crop in plan.crops], expected["crop_means"], rtol=0, atol=1e-3)
+
+
+def test_the_eye_filter_matters_on_the_test_pictures(original: dict, firing_detector: YOLOv5FaceDetector) -> None:
+    # On the two pictures detected on an enlarged copy, the stored faces are a strict subset of what
+    # the detector gives, and the reference's filter keeps other faces than a true eye distance
+    # would: the whole-picture test can tell. (On the reduced copy of the third, no face is near 5 px.)
+    pictures = whole_pictures()
+    for name in ("astronaut", "astronaut_pair"):
+        image, _ = working_image(Picture(pictures[name], None, 3))
+        unfiltered = find_faces(image, firing_detector, eye_dist_threshold=None)
+        by_true_distance = [face for face in unfiltered if eye_distance(face, "ffhq") >= 5]
+        expected = original["pictures"][name]["boxes"]
+        assert len(by_true_distance) != len(expected) < len(unfiltered)
+
+
+def test_find_faces_in_frames_finds_the_originals_faces(original: dict, firing_detector: YOLOv5FaceDetector) -> None:
+    # Video frames go through detect_batch, the same scale-back and the same filter.
+    bgr = whole_pictures()["astronaut"]
+    (faces,) = find_faces_in_frames([bgr], firing_detector)
+    np.testing.assert_array_equal([face.box for face in faces], original["pictures"]["astronaut"]["boxes"])
+
+
+class _ListedYOLO(YOLOv5FaceDetector):
+    """A YOLOv5-face detector whose network is replaced by preset faces (in the detector's pixels)."""
+
+    def __init__(self, faces: list[DetectedFace]) -> None:
+        super().__init__("YOLOv5n", nn.Identity())
+        self.faces = faces
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        return list(self.faces)
+
+
+def _points(*xy: tuple[float, float]) -> DetectedFace:
+    """A face with the given left eye, right eye and nose (mouth corners below the nose)."""
+    (lx, ly), (rx, ry), (nx, ny) = xy
+    return DetectedFace(box=(0, 0, 100, 100), score=0.9,
+                        landmarks=[(lx, ly), (rx, ry), (nx, ny), (lx, ny + 10), (rx, ny + 10)])
+
+
+def test_eye_filter_reads_the_rows_one_column_off_like_the_reference() -> None:
+    # The reference measures norm(row[6] - row[8], row[7] - row[9]): (left eye y - right eye y,
+    # right eye x - nose x). Picture with a 640 short side: no resize, coordinates as given.
+    level_eyes_nose_under_right_eye = _points((10, 50), (30, 50), (29, 60))  # true 20, reference 1: dropped
+    slanted = _points((10, 50), (12, 56), (6, 60))  # true 6.3, reference norm(-6, 6) = 8.5: kept
+    close_eyes_far_nose = _points((10, 50), (11, 50), (4, 60))  # true 1, reference 7: kept
+    faces = [level_eyes_nose_under_right_eye, slanted, close_eyes_far_nose]
+    picture = np.zeros((640, 800, 3), dtype=np.uint8)
+    assert find_faces(picture, _ListedYOLO(faces)) == [slanted, close_eyes_far_nose]
+    assert find_faces(picture, _ListedYOLO(faces), eye_dist_threshold=None) == faces
+
+
+def test_whole_pixel_rows_are_mapped_back_in_float64() -> None:
+    # A 481x600 picture is detected at 640x798 (scale 640/481); the reference divides YOLOv5's int64
+    # rows by the scale in float64 (RetinaFace's float32 rows stay float32).
+    box = [101, 121, 301, 321]
+    face = DetectedFace(box=box, score=0.9, landmarks=[(141, 161), (181, 161), (161, 191), (145, 221), (177, 221)])
+    (found,) = find_faces(np.zeros((481, 600, 3), dtype=np.uint8), _ListedYOLO([face]))
+    scale = 640 / 481
+    np.testing.assert_array_equal(found.box, np.array(box, dtype=np.int64) / scale)
+    np.testing.assert_array_equal(found.landmarks, face.landmarks.astype(np.int64) / scale)
+    assert found.box.tolist() == [101 / scale, 121 / scale, 301 / scale, 321 / scale]
+    assert not np.array_equal(found.box, np.array(box, dtype=np.float32) / scale)  # float32 would differ

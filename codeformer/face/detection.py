@@ -277,17 +277,18 @@ def rescale_face(face: DetectedFace, factor: float) -> DetectedFace:
     return DetectedFace(box=face.box * factor, score=face.score, landmarks=face.landmarks * factor)
 
 
-def _unscale_like_reference(face: DetectedFace, scale: float) -> DetectedFace:
-    """Coordinates found on the upscaled picture, mapped back as the reference does.
+def _unscale_like_reference(face: DetectedFace, scale: float, row_dtype: type = np.float32) -> DetectedFace:
+    """Coordinates found on the resized picture, mapped back as the reference does.
 
-    The reference divides RetinaFace's float32 rows by the scale in float32; doing the same keeps
-    our landmarks bit-identical to its.
+    The reference divides its detector's result rows by the scale in their own dtype: RetinaFace's
+    float32 rows in float32, YOLOv5's whole-pixel int64 rows in float64 (``row_dtype``). Doing the
+    same keeps our boxes and landmarks bit-identical to its.
     """
-    divisor = np.float32(scale)
+    # A Python float divisor takes the array's precision: float32 stays float32, int64 gives float64.
     return DetectedFace(
-        box=face.box.astype(np.float32) / divisor,
+        box=face.box.astype(row_dtype) / scale,
         score=face.score,
-        landmarks=face.landmarks.astype(np.float32) / divisor,
+        landmarks=face.landmarks.astype(row_dtype) / scale,
     )
 
 
@@ -402,7 +403,8 @@ def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector,
     else:
         found = [detector.detect(image) for image in images]
     if scale != 1.0:
-        found = [[_unscale_like_reference(face, scale) for face in faces] for faces in found]
+        row_dtype = getattr(detector, "row_dtype", np.float32)  # YOLOv5: int64
+        found = [[_unscale_like_reference(face, scale, row_dtype) for face in faces] for faces in found]
     for faces in found:
         logger.debug("%s found %d face(s) in a %dx%d picture", detector.name, len(faces), width, height)
     return found
@@ -410,7 +412,20 @@ def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector,
 
 def _keep_frontal(faces: list[DetectedFace], detector: FaceDetector,
                   eye_dist_threshold: float | None) -> list[DetectedFace]:
-    """Faces whose eyes are at least ``eye_dist_threshold`` pixels apart (drops side views and specks)."""
+    """Faces whose eyes are at least ``eye_dist_threshold`` pixels apart (drops side views and specks).
+
+    A detector with ``shifted_eye_distance`` set (YOLOv5) is measured as the reference measures its
+    rows: ``norm(row[6] - row[8], row[7] - row[9])``, one column off the eyes' (5-8), that is the
+    left eye's y minus the right eye's, and the right eye's x minus the nose's. The filter runs
+    after the coordinates are mapped back to ``image``, as in the reference.
+    """
     if eye_dist_threshold is None:
         return faces
-    return [face for face in faces if eye_distance(face, detector.template_name) >= eye_dist_threshold]
+    if getattr(detector, "shifted_eye_distance", False):
+        def distance(face: DetectedFace) -> float:
+            (_, left_y), (right_x, right_y), (nose_x, _) = face.landmarks[:3]
+            return float(np.linalg.norm([left_y - right_y, right_x - nose_x]))
+    else:
+        def distance(face: DetectedFace) -> float:
+            return eye_distance(face, detector.template_name)
+    return [face for face in faces if distance(face) >= eye_dist_threshold]

@@ -32,6 +32,17 @@ landmarks are the reference's:
 Landmarks come as left eye, right eye, nose, left and right mouth corner, left/right as seen in the
 picture (WIDER FACE's RetinaFace annotations): the FFHQ template, as for RetinaFace.
 
+Around the detector, the reference's face helper (``FaceRestoreHelper.get_face_landmarks_5(resize=640,
+eye_dist_threshold=5)``), which :func:`codeformer.face.detection.find_faces` follows:
+
+7. The picture (short side already raised to 512) is resized so that its short side is 640, sides
+   truncated to integers (bilinear up, area down), and detected as above: the 10 px minimum height
+   and the truncation to whole pixels apply in the resized copy's pixels.
+8. The whole-pixel rows are divided by the scale in float64 (:attr:`YOLOv5FaceDetector.row_dtype`).
+9. The eye-distance filter reads the rows one column off: it keeps faces with
+   ``norm(left eye y - right eye y, right eye x - nose x) >= 5`` in the working picture's pixels
+   (:attr:`YOLOv5FaceDetector.shifted_eye_distance`), not the distance between the eyes.
+
 Deliberate difference: the reference's result rows carry the box's x1 where a score belongs; a
 :class:`DetectedFace` carries the detector's confidence (objectness x class probability).
 
@@ -558,6 +569,11 @@ class YOLOv5FaceDetector:
     """A YOLOv5-face network with the reference's pre- and post-processing (a :class:`FaceDetector`)."""
 
     template_name = TEMPLATE_FFHQ
+    # How the reference's face helper treats this detector's result rows (read by find_faces):
+    # they are whole pixels (int64), so mapping them back from the detection copy is a float64
+    # division; and its eye-distance filter reads them one column off (see the module docstring).
+    row_dtype = np.int64
+    shifted_eye_distance = True
 
     def __init__(
         self,
