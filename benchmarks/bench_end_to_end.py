@@ -3,7 +3,7 @@
 Each measurement runs a job the way a user runs it, in a fresh process, on files:
 
 - ours: :func:`codeformer.load_pipeline` and the functions the command line runs
-  (:func:`codeformer.runs.restore_picture_files`, ``restore_aligned_files``, ``restore_video_file``),
+  (:func:`codeformer.jobs.local.restore_picture_files`, ``restore_aligned_files``, ``restore_video_file``),
   after :func:`codeformer.precision.configure_cpu_runtime`, as the command line does;
 - the reference: :mod:`benchmarks.reference_pipeline` (``inference_codeformer.py``'s loop with the face
   helper, one face per forward, float32, ParseNet per face, full-canvas paste-back, PNG writes;
@@ -130,7 +130,7 @@ def _rows(faces: Any) -> np.ndarray:
 def lookup_faces(picture: np.ndarray) -> np.ndarray:
     """Faces dlib finds in ``picture`` now, as RetinaFace-style rows (slow: see GROUP_PHOTO_FACES)."""
     from benchmarks.reference_pipeline import face_rows
-    from codeformer.face.detection import load_detector
+    from codeformer.registry import load_detector
 
     found = load_detector("dlib", device="cpu").detect(picture)
     return face_rows(np.array([f.box for f in found]), np.array([f.landmarks for f in found]))
@@ -185,7 +185,7 @@ def write_inputs(folder: Path, aligned_faces: int, frames: int, photos: list[Pat
 def lookup_photo_faces(folder: Path) -> list[list[Any]]:
     """dlib's faces on each photo's working picture (short side raised to 512, as both helpers read it),
     as ``known`` entries ``[[height, width], rows]`` for the reference's KnownFaces."""
-    from codeformer.face.pipeline import working_image
+    from codeformer.restoration import working_image
     from codeformer.imageio import read_image
 
     known = []
@@ -211,11 +211,11 @@ def instrument(pipe: Any, clock: Any) -> None:
     ``paste_faces``; read / write: the picture files. Video decoding and encoding run in their own
     threads, untimed.
     """
-    import codeformer.face.pipeline as face_pipeline
-    import codeformer.face.temporal as temporal
-    import codeformer.runs as runs
+    import codeformer.restoration as face_pipeline
+    import codeformer.temporal as temporal
+    import codeformer.jobs.local as runs
 
-    pipe.restorer.restore = clock.wrap("restore", pipe.restorer.restore)
+    pipe.restorer.restore_crops = clock.wrap("restore", pipe.restorer.restore_crops)
     if pipe.parser is not None:
         pipe.parser.masks = clock.wrap("parse", pipe.parser.masks)
     if getattr(face_pipeline, "_timed_by", None) is clock:
@@ -233,7 +233,7 @@ def instrument(pipe: Any, clock: Any) -> None:
 
 def _ours(config: dict[str, Any]) -> dict[str, Any]:
     """Our job through load_pipeline and the command line's functions, stages timed."""
-    import codeformer.runs as runs
+    import codeformer.jobs.local as runs
     from benchmarks.reference_pipeline import KnownFaces, StageClock
     from codeformer import load_pipeline
     from codeformer.precision import configure_cpu_runtime
@@ -308,7 +308,7 @@ def _reference(config: dict[str, Any]) -> dict[str, Any]:
     job = config["job"]
     models = reference.load_reference_models(config["weights"], _known_faces(config))
     if job == "photos":  # dlib's faces at dlib's cost on what the helper detects on
-        from codeformer.face.detection import load_detector
+        from codeformer.registry import load_detector
 
         models.detector = reference.KnownFaces(load_detector("dlib", device="cpu").detect, _known_faces(config))
     helper = reference.make_helper(models, clock, upscale_only_detection=config["upscale_only_detection"])

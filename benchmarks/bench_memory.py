@@ -92,9 +92,9 @@ def make_weights(folder: Path) -> Path:
 def _astronaut_face_detector() -> None:
     """Make RetinaFace return the astronaut's face (after running its network) in dlib's point order."""
     from benchmarks.faces import ASTRONAUT_DLIB_LANDMARKS
-    from codeformer.face import detection
+    from codeformer.face import detection, retinaface
 
-    network_detect = detection.RetinaFaceDetector.detect
+    network_detect = retinaface.RetinaFaceDetector.detect
 
     def detect(self, image):  # noqa: ANN001, ANN202
         network_detect(self, image)  # the cost being measured
@@ -103,8 +103,9 @@ def _astronaut_face_detector() -> None:
         box = [*(points.min(axis=0) - 40 * scale), *(points.max(axis=0) + 40 * scale)]
         return [detection.DetectedFace(box=box, score=0.99, landmarks=points)]
 
-    detection.RetinaFaceDetector.detect = detect
-    detection.RetinaFaceDetector.template_name = detection.TEMPLATE_DLIB
+    retinaface.RetinaFaceDetector.detect = detect
+    retinaface.RetinaFaceDetector.template_name = detection.TEMPLATE_DLIB
+    retinaface.RetinaFaceDetector.shifted_eye_distance = False  # the eye filter reads dlib's points
 
 
 def child(config: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     restorers["onnxruntime fp32"] = onnx
 
     def restore(name: str, crops: list) -> list:
-        return restorers[name].restore(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=len(crops))
+        return restorers[name].restore_crops(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=len(crops))
 
     result: dict[str, Any] = {
         "runtime_settings": applied, "threads": threads, "onnx_session_s": round(session_s, 2),

@@ -4,7 +4,7 @@ A 2000x1500 group photo with five scaled / mirrored astronauts (:func:`benchmark
 detection at the cost of the default RetinaFace ResNet-50 (with the faces dlib finds, see
 :class:`benchmarks.faces.TimedRetinaFace`; ``--detector dlib`` times dlib's own CNN detector instead),
 random CodeFormer and ParseNet weights in the official layouts, ``-w 0.5 -s 2``, the stages of
-:func:`codeformer.face.pipeline.restore_pictures` timed one by one:
+:func:`codeformer.restoration.restore_whole_pictures` timed one by one:
 
 - detect: :func:`codeformer.face.detection.find_faces` (with ``--detector dlib``, dlib sees the
   picture at its own size with one pyramid upsampling, as in the reference: by far the slowest stage
@@ -53,7 +53,9 @@ def random_weights_root(folder: Path) -> Path:
     """A weights root holding a random ParseNet in the official ``facelib/parsing_parsenet.pth`` layout."""
     import torch
 
-    from codeformer.face.parsing import PARSENET_KEY, build_parsenet
+    from codeformer.face.parsing import build_parsenet
+from codeformer.registry import model_spec
+PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
 
     path = folder / PARSENET_KEY
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def random_weights_root(folder: Path) -> Path:
 def make_detector(name: str):
     """``retinaface``: the default detector's cost with dlib's faces; ``dlib``: dlib's CNN detector."""
     from benchmarks.faces import TimedRetinaFace
-    from codeformer.face.detection import load_detector
+    from codeformer.registry import load_detector
 
     # Full-size lookup: the group photo's smallest face is too small for dlib at half size.
     return TimedRetinaFace(lookup_scale=1.0) if name == "retinaface" else load_detector("dlib", device="cpu")
@@ -75,7 +77,7 @@ def detect_and_align(picture: np.ndarray, detector_name: str = "retinaface") -> 
     """Run the first two stages on ``picture``; their times, the affines and the crops."""
     from codeformer.face.alignment import TEMPLATES, estimate_alignment, warp_face
     from codeformer.face.detection import find_faces
-    from codeformer.face.pipeline import EYE_DIST_THRESHOLD
+    from codeformer.restoration import EYE_DIST_THRESHOLD
 
     detector = make_detector(detector_name)
     if detector_name == "retinaface":
@@ -102,7 +104,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     from checkpoint_factory import random_codeformer
 
     from codeformer.archs import CodeFormerConfig
-    from codeformer.face.parsing import load_face_parser
+    from codeformer.registry import load_parser
     from codeformer.face.pasteback import PastedFace, paste_faces
     from codeformer.precision import configure_cpu_runtime
     from codeformer.restorer import FaceRestorer
@@ -112,12 +114,12 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     crops, affines = list(saved["crops"]), list(saved["affines"])
     picture = group_photo()
     restorer = FaceRestorer(random_codeformer(CodeFormerConfig(), seed=0), "cpu", precision=config["precision"])
-    parser = load_face_parser(device="cpu", weights_dir=config["weights_root"])
+    parser = load_parser(device="cpu", weights_dir=config["weights_root"])
     # Warm-up on one face (oneDNN primitives), as a long-running process would be.
-    parser.masks(restorer.restore(crops[:1], fidelity_weight=FIDELITY_WEIGHT))
+    parser.masks(restorer.restore_crops(crops[:1], fidelity_weight=FIDELITY_WEIGHT))
 
     started = time.perf_counter()
-    restored = restorer.restore(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=BATCH_SIZE)
+    restored = restorer.restore_crops(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=BATCH_SIZE)
     restore_s = time.perf_counter() - started
     started = time.perf_counter()
     masks = parser.masks(restored, batch_size=BATCH_SIZE)
@@ -133,13 +135,14 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         "restore_s": round(restore_s, 2), "parse_s": round(parse_s, 2), "paste_s": round(paste_s, 3),
     }
     if config["end_to_end"]:
-        from codeformer.face.pipeline import Models, RestoreOptions, restore_picture
+        from codeformer.options import RestoreOptions
+        from codeformer.restoration import Models, restore_whole_pictures
         from codeformer.imageio import Picture
 
         models = Models(restorer, make_detector(config["detector"]), parser, batch_size=BATCH_SIZE)
         options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
         started = time.perf_counter()
-        whole = restore_picture(Picture(picture, None, 3), models, options)
+        whole = restore_whole_pictures([Picture(picture, None, 3)], models, options)[0]
         result["end_to_end_s"] = round(time.perf_counter() - started, 2)
         result["end_to_end_faces"] = len(whole.faces)
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precisions", nargs="+", help="default: fp32, and bf16 where the CPU has it natively")
     parser.add_argument("--untuned", action="store_true",
                         help="also measure with the library's defaults (without configure_cpu_runtime)")
-    parser.add_argument("--end-to-end", action="store_true", help="also time restore_picture as a whole")
+    parser.add_argument("--end-to-end", action="store_true", help="also time restore_whole_pictures as a whole")
     parser.add_argument("--detector", choices=("retinaface", "dlib"), default="retinaface",
                         help="detection cost measured: the default RetinaFace (with dlib's faces), or dlib's CNN")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)

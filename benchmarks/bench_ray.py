@@ -77,7 +77,7 @@ class BenchRecipe:
         from benchmarks.bench_picture import random_weights_root
         from benchmarks.faces import TimedRetinaFace
         from codeformer.archs import CodeFormerConfig
-        from codeformer.face.parsing import load_face_parser
+        from codeformer.registry import load_parser
         from codeformer.pipeline import Pipeline
         from codeformer.precision import configure_cpu_runtime
         from codeformer.registry import model_spec
@@ -86,7 +86,7 @@ class BenchRecipe:
         configure_cpu_runtime()
         restorer = FaceRestorer(random_codeformer(CodeFormerConfig(), seed=0), "cpu")
         with scratch.TemporaryDirectory() as folder:
-            parser = load_face_parser(device="cpu", weights_dir=random_weights_root(Path(folder)))
+            parser = load_parser(device="cpu", weights_dir=random_weights_root(Path(folder)))
         pipeline = Pipeline(model_spec("codeformer", "restorer"), restorer, detector=TimedRetinaFace(), parser=parser)
         options = pipeline.options(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
         pipeline.restore(self.warm_up, fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
@@ -136,7 +136,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str, Any]:
-    from codeformer.runs import restore_picture_files
+    from codeformer.jobs.local import restore_picture_files
 
     started = time.perf_counter()
     pipeline, options = recipe.build()
@@ -154,8 +154,8 @@ def _plain(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str, 
 
 
 def _on_ray(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str, Any]:
-    import codeformer.cluster.pictures as pictures_job
-    from codeformer.cluster import Workers, ray_session, restore_pictures_on_ray, restore_video_on_ray
+    import codeformer.jobs.ray.pictures as pictures_job
+    from codeformer.jobs.ray import Workers, ray_session, restore_pictures_on_ray, restore_video_on_ray
 
     workers = Workers(count=config["workers"], cpus=MACHINE_CPUS // config["workers"], gpus=0)
     finished: list[float] = []
@@ -177,7 +177,7 @@ def _on_ray(recipe: BenchRecipe, config: dict[str, Any], out: Path) -> dict[str,
             report = restore_pictures_on_ray(recipe, config["inputs"], str(out), workers=workers, progress=False)
             count = report.done
         else:
-            from codeformer.cluster.video import index_frames
+            from codeformer.jobs.ray.video import index_frames
 
             restore_video_on_ray(recipe, config["inputs"][0], str(out), segments=config["segments"], workers=workers,
                                  progress=False)

@@ -102,7 +102,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         restorer = FaceRestorer(net, device, precision=config["precision"], compile=config["compile"])
 
         def restore(crops: list) -> list:
-            return restorer.restore(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=len(crops))
+            return restorer.restore_crops(crops, fidelity_weight=FIDELITY_WEIGHT, batch_size=len(crops))
 
     result: dict[str, Any] = {"runtime_settings": applied, "batches": {}}
     first = _timed(lambda: restore(_crops(1)), device)  # oneDNN/cuDNN set-up, compilation

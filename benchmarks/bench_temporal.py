@@ -88,7 +88,7 @@ class AnchoredRestorer:
         self.template = FFHQ_TEMPLATE_5
         self._face = read_image(REPO_ROOT / "inputs" / "cropped_faces" / "astronaut_aligned.png").bgr8()
 
-    def restore(self, crops: list, *, fidelity_weight: float | None = None, batch_size: int = 4) -> list:
+    def restore_crops(self, crops: list, *, fidelity_weight: float | None = None, batch_size: int = 4) -> list:
         return [self._face.copy() for _ in crops]
 
     def describe(self) -> str:
@@ -103,6 +103,10 @@ class CachedDetector:
         self.name = detector.name
         self.template_name = detector.template_name
         self._cache: dict[bytes, list] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # The wrapped detector's policy (resize_for_detection, row_dtype ...): find_faces treats both alike.
+        return getattr(self._detector, name)
 
     def detect(self, image: np.ndarray) -> list:
         key = image.tobytes()[::997]  # a sparse fingerprint: frames differ everywhere (noise)
@@ -137,9 +141,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from checkpoint_factory import VARIANTS, random_codeformer
 
-    from codeformer.face.detection import load_detector
-    from codeformer.face.pipeline import Models, RestoreOptions, restore_pictures
-    from codeformer.face.temporal import TemporalFaceRestorer
+    from codeformer.registry import load_detector
+    from codeformer.options import RestoreOptions
+    from codeformer.restoration import Models, restore_whole_pictures
+    from codeformer.temporal import TemporalFaceRestorer
     from codeformer.imageio import Picture
     from codeformer.restorer import FaceRestorer
 
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, restorer in restorers.items():
         models = Models(restorer, detector, batch_size=4)
         started = time.perf_counter()
-        per_frame = restore_pictures([Picture(frame, None, 3) for frame in clip], models, options)
+        per_frame = restore_whole_pictures([Picture(frame, None, 3) for frame in clip], models, options)
         per_frame_s = time.perf_counter() - started
         unrestored: list[int] = []
         processor = TemporalFaceRestorer(models, options,

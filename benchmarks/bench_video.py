@@ -2,7 +2,7 @@
 
 The clip is the astronaut photo in the middle of a 1280x720 frame (:func:`benchmarks.faces.video_frame`),
 sliding a few pixels per frame with slight noise, 30 fps, AAC audio (``tests/video_factory.py``). Every frame goes through
-:func:`codeformer.face.pipeline.restore_frames` inside :func:`codeformer.video.transform_video`,
+:func:`codeformer.restoration.restore_frames` inside :func:`codeformer.video.transform_video`,
 as the command line runs videos: detection at the cost of the default RetinaFace ResNet-50 (with the
 faces dlib finds, see :class:`benchmarks.faces.TimedRetinaFace`; ``--detector dlib`` for dlib's own
 CNN detector, about 14 s per 720p frame here), random CodeFormer and ParseNet weights in the official
@@ -66,9 +66,10 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.bench_picture import random_weights_root
     from benchmarks.faces import TimedRetinaFace
     from codeformer.archs import CodeFormerConfig
-    from codeformer.face.detection import load_detector
-    from codeformer.face.parsing import load_face_parser
-    from codeformer.face.pipeline import Models, RestoreOptions, restore_frames
+    from codeformer.registry import load_detector
+    from codeformer.registry import load_parser
+    from codeformer.options import RestoreOptions
+    from codeformer.restoration import Models, restore_frames
     from codeformer.precision import configure_cpu_runtime
     from codeformer.restorer import FaceRestorer
     from codeformer.video import transform_video
@@ -77,12 +78,12 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     baseline_mib = peak_rss_mib()
     restorer = FaceRestorer(random_codeformer(CodeFormerConfig(), seed=0), "cpu", precision=config["precision"])
     with tempfile.TemporaryDirectory() as folder:
-        parser = load_face_parser(device="cpu", weights_dir=random_weights_root(Path(folder)))
+        parser = load_parser(device="cpu", weights_dir=random_weights_root(Path(folder)))
     detector = TimedRetinaFace() if config["detector"] == "retinaface" else load_detector("dlib", device="cpu")
     models = Models(restorer, detector, parser, batch_size=BATCH_FRAMES)
     options = RestoreOptions(fidelity_weight=FIDELITY_WEIGHT, upscale=UPSCALE)
     warm = np.full((512, 512, 3), 128, np.uint8)
-    parser.masks(restorer.restore([warm], fidelity_weight=FIDELITY_WEIGHT))  # oneDNN set-up, not part of the rate
+    parser.masks(restorer.restore_crops([warm], fidelity_weight=FIDELITY_WEIGHT))  # oneDNN set-up, not part of the rate
     faces = []
 
     def process_batch(frames: list) -> list:

@@ -57,7 +57,7 @@ def astronaut_bgr() -> np.ndarray:
 
 def detect_astronaut_landmarks() -> np.ndarray:
     """dlib's 5 landmarks of the astronaut's face, detected now (about 4 s on two cores)."""
-    from codeformer.face.detection import load_detector
+    from codeformer.registry import load_detector
 
     faces = load_detector("dlib", device="cpu").detect(astronaut_bgr())
     if len(faces) != 1:
@@ -178,7 +178,7 @@ class TimedRetinaFace:
 
         import torch
 
-        from codeformer.face.detection import load_detector
+        from codeformer.registry import load_detector
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "facelib" / "detection_Resnet50_Final.pth"
@@ -205,8 +205,8 @@ def _random_retinaface_state() -> dict:
     """RetinaFace ResNet-50 weights, random but with a zero classification head (no detections)."""
     import torch
 
-    from codeformer.face.detection import _build_retinaface
+    from codeformer.face.retinaface import build_retinaface
 
     torch.manual_seed(0)
-    state = _build_retinaface("resnet50", torch.device("cpu")).state_dict()
+    state = build_retinaface("resnet50", torch.device("cpu")).state_dict()
     return {name: torch.zeros_like(value) if "ClassHead" in name else value for name, value in state.items()}

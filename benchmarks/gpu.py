@@ -10,7 +10,7 @@ not depend on the weight values):
 - picture: :meth:`Pipeline.restore` of the 2000x1500 group photo with five faces
   (:func:`benchmarks.faces.group_photo`), ``-w 0.5 -s 2``, RetinaFace ResNet-50 + ParseNet (in memory:
   no file reading or writing);
-- video: :func:`codeformer.runs.restore_video_file` (what the command line runs: decoding, tracking,
+- video: :func:`codeformer.jobs.local.restore_video_file` (what the command line runs: decoding, tracking,
   restoration, paste-back and H.264 encoding in their threads) on a synthetic 1080p clip with one face
   (:func:`benchmarks.faces.video_frame`, sliding and noisy, as ``bench_video`` makes them), output 4K;
   ``io_only_fps`` is the same clip decoded, resized 2x and encoded without faces: the ceiling the
@@ -257,7 +257,7 @@ def measure_faces(weights: Path, device: Any, precision: str, compile: bool, bat
             continue
         faces = [crops[i % len(crops)] for i in range(batch)]
         _reset_peak(device)
-        restore = functools.partial(restorer.restore, faces, fidelity_weight=FIDELITY_WEIGHT, batch_size=batch)
+        restore = functools.partial(restorer.restore_crops, faces, fidelity_weight=FIDELITY_WEIGHT, batch_size=batch)
         first = _first_call(restore, device)
         _first_call(restore, device)  # a second warm-up call (allocator, autotuning)
         per_call, calls = _timed(restore, device, sizes.seconds, sizes.min_calls)
@@ -358,7 +358,7 @@ def measure_video(weights: Path, device: Any, precision: str, sizes: Sizes, fold
 
     from benchmarks.faces import video_frame
     from codeformer.errors import CodeFormerError
-    from codeformer.runs import restore_video_file
+    from codeformer.jobs.local import restore_video_file
 
     width, height = sizes.video_size
     entry: dict[str, Any] = {"precision": precision, "size": [width, height], "frames": sizes.video_frames,

@@ -205,8 +205,10 @@ def load_reference_models(weights_dir: str | os.PathLike[str], known: Mapping[tu
                           device: str = "cpu") -> ReferenceModels:
     """CodeFormer, RetinaFace ResNet-50 and ParseNet from the official file layout under ``weights_dir``."""
     from codeformer.archs import build_codeformer
-    from codeformer.face.detection import load_detector
-    from codeformer.face.parsing import PARSENET_KEY, build_parsenet
+    from codeformer.registry import load_detector
+    from codeformer.face.parsing import build_parsenet
+from codeformer.registry import model_spec
+PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
     from codeformer.weights import load_state_dict
 
     target = torch.device(device)

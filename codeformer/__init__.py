@@ -7,6 +7,10 @@ One front door::
     result = pipe.restore("photo.jpg", fidelity_weight=0.5, upscale=2)
     result.image, result.faces
 
+What to load and what to do are typed option objects (:class:`LoadOptions`, :class:`RestoreOptions`,
+:class:`VideoOptions`); the keywords above are their fields. Many inputs at once, written in the
+reference's layout, are a job (:mod:`codeformer.jobs`).
+
 Importing the package loads no network code; :func:`load_pipeline` imports what a model needs.
 """
 
@@ -18,17 +22,21 @@ from codeformer.errors import CodeFormerError, OptionError
 from codeformer.registry import UnknownModelError, available_detectors, available_models, available_upsamplers
 
 if TYPE_CHECKING:
+    from codeformer.options import LoadOptions, RestoreOptions, VideoOptions
     from codeformer.pipeline import Pipeline, RestoredFace, RestoreResult, load_pipeline
 
 __version__ = "0.3.0"
 
 __all__ = [
     "CodeFormerError",
+    "LoadOptions",
     "OptionError",
     "Pipeline",
+    "RestoreOptions",
     "RestoreResult",
     "RestoredFace",
     "UnknownModelError",
+    "VideoOptions",
     "__version__",
     "available_detectors",
     "available_models",
@@ -37,6 +45,7 @@ __all__ = [
 ]
 
 _PIPELINE_NAMES = ("Pipeline", "RestoreResult", "RestoredFace", "load_pipeline")
+_OPTION_NAMES = ("LoadOptions", "RestoreOptions", "VideoOptions")
 
 
 def __getattr__(name: str) -> Any:
@@ -45,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from codeformer import pipeline
 
         return getattr(pipeline, name)
+    if name in _OPTION_NAMES:
+        from codeformer import options
+
+        return getattr(options, name)
     raise AttributeError(f"module 'codeformer' has no attribute {name!r}")

@@ -55,7 +55,7 @@ def use_gray(crop: np.ndarray, mode: GrayMode) -> bool:
     return mode == "on" or (mode == "auto" and is_gray(crop))
 
 
-def restore_aligned(
+def restore_aligned_crops(
     restorer: Restorer,
     crops: Sequence[np.ndarray],
     *,
@@ -64,7 +64,7 @@ def restore_aligned(
     batch_size: int = 4,
 ) -> list[np.ndarray]:
     """Restore aligned crops; gray inputs give gray results toned like the input (the reference's transfer)."""
-    restored = restorer.restore(crops, fidelity_weight=fidelity_weight, batch_size=batch_size)
+    restored = restorer.restore_crops(crops, fidelity_weight=fidelity_weight, batch_size=batch_size)
     return [to_gray(out, crop) if use_gray(crop, gray) else out for crop, out in zip(crops, restored)]
 
 
@@ -77,5 +77,5 @@ def inpaint_aligned(
     """
     # The network was trained on pure-white holes: make resized stroke edges fully white too.
     network_inputs = [np.where(mask[:, :, None], np.uint8(PAINT_VALUE), crop) for crop, mask in zip(crops, masks)]
-    filled = restorer.restore(network_inputs, batch_size=batch_size)
+    filled = restorer.restore_crops(network_inputs, batch_size=batch_size)
     return [np.where(mask[:, :, None], out, crop) for crop, mask, out in zip(crops, masks, filled)]

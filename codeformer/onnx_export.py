@@ -41,7 +41,7 @@ Example::
     net = build_codeformer(load_state_dict("weights/CodeFormer/codeformer.pth"))
     export_onnx(net, "codeformer.onnx")
     restorer = OnnxRestorer("codeformer.onnx")
-    restored = restorer.restore(crops, fidelity_weight=0.7)
+    restored = restorer.restore_crops(crops, fidelity_weight=0.7)
 """
 
 from __future__ import annotations
@@ -65,11 +65,9 @@ from codeformer._atomic import atomic_path
 from codeformer.archs.codeformer import GENERATOR_FUSE_BLOCK, CodeFormer, FuseSFTBlock
 from codeformer.archs.vqgan import IMAGE_CHANNELS, Upsample, subpixel_kernels
 from codeformer.errors import CodeFormerError, OptionError
+from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT, NoFidelityControlError, check_fidelity_weight, fidelity_weight_for
 from codeformer.restorer import (
-    DEFAULT_FIDELITY_WEIGHT,
     FaceRestorer,
-    NoFidelityControlError,
-    codeformer_weight,
     batch_to_crops,
     crops_to_batch,
     ffhq_template,
@@ -379,8 +377,7 @@ def export_onnx(
     if isinstance(net, CodeFormer):
         device = _device_of(net)
         size = _check_input_size(input_size, net.image_size, "this CodeFormer")
-        if fixed_weight is not None and not (math.isfinite(fixed_weight) and 0.0 <= fixed_weight <= 1.0):
-            raise OptionError("fixed_weight", fixed_weight, "is outside [0, 1]")
+        check_fidelity_weight(fixed_weight)
         module: nn.Module = CodeFormerExport(net, adain=adain).eval()
         example: tuple[torch.Tensor, ...] = (
             torch.zeros(_TRACE_BATCH, IMAGE_CHANNELS, size, size, device=device),
@@ -527,7 +524,7 @@ class OnnxRestorer:
     Example::
 
         restorer = OnnxRestorer("codeformer.onnx", threads=4)
-        restored = restorer.restore(crops, fidelity_weight=0.5)
+        restored = restorer.restore_crops(crops, fidelity_weight=0.5)
     """
 
     precision = "fp32"
@@ -571,13 +568,10 @@ class OnnxRestorer:
         return f"onnxruntime {ort.__version__}, {providers}, fp32, {self.input_size}x{self.input_size} crops"
 
     def _weight(self, fidelity_weight: float | None) -> float | None:
-        if not self._has_weight:
-            if fidelity_weight is not None:
-                raise NoFidelityControlError(self.name, fidelity_weight)
-            return None
-        return codeformer_weight(self.name, fidelity_weight, self.fixed_weight)
+        default = DEFAULT_FIDELITY_WEIGHT if self._has_weight else None
+        return fidelity_weight_for(self.name, fidelity_weight, default=default, fixed=self.fixed_weight)
 
-    def restore(
+    def restore_crops(
         self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
     ) -> list[np.ndarray]:
         """Restore (S, S, 3) BGR uint8 crops; as many restored crops, in order (see :class:`FaceRestorer.restore`)."""

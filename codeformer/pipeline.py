@@ -8,42 +8,34 @@ Example::
     result.image          # (H * 2, W * 2[, C]) in the input's dtype and channel order
     result.faces[0].box   # where the first restored face is, in the input's pixels
 
-Names are checked against :mod:`codeformer.registry` before anything loads or downloads, so a
-typo costs nothing. Whole pictures go through :mod:`codeformer.face.pipeline` (detect, align,
-restore, parse, paste back); aligned faces (``has_aligned=True``) go straight to the restorer, and
-the colorization, inpainting and VQGAN models work on aligned faces only, as in the reference.
+What to load is a :class:`~codeformer.options.LoadOptions` and what to do with a picture a
+:class:`~codeformer.options.RestoreOptions` (or the same values as keywords): both are checked
+when made, so a typo costs nothing. Whole pictures go through :mod:`codeformer.restoration`
+(detect, align, restore, parse, paste back); aligned faces (``has_aligned=True``) go straight to
+the restorer, and the colorization, inpainting and VQGAN models work on aligned faces only, as in
+the reference.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 
-from codeformer.aligned import inpaint_aligned, paint_mask_of, prepare_aligned_face, restore_aligned
-from codeformer.color import GRAY_MODES, GrayMode
+from codeformer.aligned import inpaint_aligned, paint_mask_of, prepare_aligned_face, restore_aligned_crops
 from codeformer.device import resolve_device
-from codeformer.errors import CodeFormerError, OptionError
+from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import estimate_alignment, warp_face
 from codeformer.face.detection import find_faces
-from codeformer.face.pipeline import (
-    Models,
-    RestoredFace,
-    RestoreOptions,
-    RestoreResult,
-    alignment_template,
-    restore_pictures,
-    working_image,
-)
-from codeformer.face.selection import DEFAULT_REFERENCE_DISTANCE, FaceSelection
+from codeformer.fidelity import NoFidelityControlError
 from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, picture_from_array, read_image
+from codeformer.options import LoadOptions, ReferenceFace, RestoreOptions, VideoOptions, with_keywords
 from codeformer.precision import resolve_precision
 from codeformer.registry import (
-    DEFAULT_DETECTOR,
-    DEFAULT_MODEL,
     DEFAULT_PARSER,
     DEFAULT_UPSAMPLER,
     LoadContext,
@@ -52,7 +44,16 @@ from codeformer.registry import (
     model_spec,
     names,
 )
-from codeformer.restorer import NoFidelityControlError, Restorer
+from codeformer.restoration import (
+    Models,
+    RestoredFace,
+    RestoreResult,
+    alignment_template,
+    restore_whole_pictures,
+    working_image,
+)
+from codeformer.restorer import Restorer
+from codeformer.weights import ensure_weights
 
 if TYPE_CHECKING:
     from codeformer.face.detection import FaceDetector
@@ -72,30 +73,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # 0.45 GiB of activations (fp32); GPUs need batches to fill up.
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 4
-DEFAULT_TILE = 400  # upsampler tile side: the reference's --bg_tile
-
-
-def _upsampler_choice(value: str | os.PathLike[str] | None) -> str | Path | None:
-    """A registry upsampler name, an existing model file, or None; anything else is refused now."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value in names("upsampler"):
-        return value
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path
-    model_spec(str(value), "upsampler")  # raises UnknownModelError listing the names
-    raise AssertionError("unreachable")
-
-
-def _model_choice(model: str | os.PathLike[str]) -> tuple[ModelSpec, Path | None]:
-    """The restorer's spec and, for a checkpoint path, the file (any face restoration checkpoint)."""
-    if isinstance(model, str) and model in names("restorer"):
-        return model_spec(model, "restorer"), None
-    path = Path(model).expanduser()
-    if path.is_file():
-        return checkpoint_spec(path), path
-    return model_spec(str(model), "restorer"), None  # raises with the list of names
 
 
 class Pipeline:
@@ -108,8 +85,9 @@ class Pipeline:
     def __init__(self, spec: ModelSpec, restorer: Restorer, *, detector: FaceDetector | None = None,
                  parser: FaceParser | None = None, bg_upsampler: Upsampler | None = None,
                  face_upsampler: Upsampler | None = None, batch_size: int = CPU_BATCH_SIZE,
-                 progress: bool = False) -> None:
+                 progress: bool = False, load_options: LoadOptions | None = None) -> None:
         self.spec = spec
+        self.load_options = load_options  # what it was loaded with (None: assembled by hand)
         self.restorer = restorer
         self.detector = detector
         self.parser = parser
@@ -142,87 +120,43 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------------- pictures
 
-    def restore(
-        self,
-        image: ImageInput,
-        *,
-        fidelity_weight: float | None = None,
-        upscale: int = 2,
-        has_aligned: bool = False,
-        only_center_face: bool = False,
-        largest_face: bool = False,
-        face_index: Sequence[int] | None = None,
-        min_face_size: float | None = None,
-        reference_face: ImageInput | None = None,
-        reference_distance: float = DEFAULT_REFERENCE_DISTANCE,
-        draw_box: bool = False,
-        grayscale: GrayMode = "auto",
-        measure_identity: bool = False,
-    ) -> RestoreResult:
+    def restore(self, image: ImageInput, options: RestoreOptions | None = None, *, has_aligned: bool = False,
+                **keywords: Any) -> RestoreResult:
         """Restore the faces of one picture (a numpy array in OpenCV order, or a path).
 
-        ``fidelity_weight``: CodeFormer's ``w``, 0 (quality) .. 1 (fidelity); None: the model's
-        default. ``upscale``: whole pictures come back at input size x upscale. ``has_aligned``: the
-        picture is one aligned face crop. Which faces: all by default, or ``only_center_face`` (the
-        face nearest the centre), ``largest_face``, ``face_index`` (faces numbered left to right
-        from 0), ``min_face_size`` (pixels, short side of the box), ``reference_face`` (a photo of the
-        person to restore; faces farther than ``reference_distance`` from them are left alone); faces
-        not chosen stay exactly as in the upscaled picture and are listed in ``result.skipped``.
-        ``grayscale``: keep restored faces gray in gray pictures (auto), always, or never.
-        ``measure_identity``: give each face the identity distance between its input and restored
-        crop (dlib's face-recognition network). The input is never modified.
+        ``options`` (:class:`~codeformer.options.RestoreOptions`), or its fields as keywords
+        (``fidelity_weight``, ``upscale``, ``only_center_face``, ``largest_face``, ``face_index``,
+        ``min_face_size``, ``reference_face``, ``reference_distance``, ``draw_box``, ``grayscale``,
+        ``measure_identity``, ``max_pixels``), keywords replacing the object's values. Faces not
+        chosen stay exactly as in the upscaled picture and are listed in ``result.skipped``.
+        ``has_aligned``: the picture is one aligned face crop. The input is never modified.
         """
-        options = self.options(fidelity_weight=fidelity_weight, upscale=upscale, only_center_face=only_center_face,
-                               largest_face=largest_face, face_index=face_index, min_face_size=min_face_size,
-                               reference_face=reference_face, reference_distance=reference_distance,
-                               draw_box=draw_box, grayscale=grayscale, measure_identity=measure_identity)
+        options = self.prepare(with_keywords(options, RestoreOptions, keywords))
         picture = as_picture(image, max_pixels=options.max_pixels)
         if has_aligned:
             return self.restore_aligned([picture], options)[0]
         return self.restore_pictures([picture], options)[0]
 
-    def options(
-        self,
-        *,
-        fidelity_weight: float | None = None,
-        upscale: int = 2,
-        only_center_face: bool = False,
-        largest_face: bool = False,
-        face_index: Sequence[int] | None = None,
-        min_face_size: float | None = None,
-        reference_face: ImageInput | None = None,
-        reference_distance: float = DEFAULT_REFERENCE_DISTANCE,
-        draw_box: bool = False,
-        grayscale: GrayMode = "auto",
-        measure_identity: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> RestoreOptions:
-        """Checked per-call options (see :meth:`restore`); a reference face is embedded here, once."""
-        if fidelity_weight is not None and not self.restorer.supports_fidelity:
-            raise NoFidelityControlError(self.restorer.name, fidelity_weight)
-        if fidelity_weight is not None and not 0.0 <= fidelity_weight <= 1.0:
-            raise OptionError("fidelity_weight", fidelity_weight, "is outside [0, 1]")
-        if isinstance(upscale, bool) or not isinstance(upscale, (int, np.integer)) or upscale < 1:
-            raise OptionError("upscale", upscale, "must be a whole number >= 1")
-        if grayscale not in GRAY_MODES:
-            raise OptionError("grayscale", grayscale, f"choose one of {', '.join(GRAY_MODES)}")
-        if face_index is not None and any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
-                                          for i in face_index):
-            raise OptionError("face_index", ",".join(map(str, face_index)), "face numbers are whole numbers from 0")
-        if min_face_size is not None and not min_face_size > 0:
-            raise OptionError("min_face_size", min_face_size, "must be a number of pixels > 0")
-        if not reference_distance > 0:
-            raise OptionError("reference_distance", reference_distance, "must be > 0")
-        reference = self.reference_embedding(reference_face) if reference_face is not None else None
-        selection = FaceSelection(only_center_face=only_center_face, largest_face=largest_face,
-                                  face_index=tuple(int(i) for i in face_index) if face_index is not None else None,
-                                  min_face_size=min_face_size, reference=reference,
-                                  reference_distance=reference_distance)
-        if measure_identity:
+    def prepare(self, options: RestoreOptions | None = None) -> RestoreOptions:
+        """``options`` made ready for this pipeline: checked against its model, the reference face embedded.
+
+        Jobs call it once and hand the result to every picture, so a reference photo is read and
+        embedded once; calling it again on its own result does nothing more.
+        """
+        options = options if options is not None else RestoreOptions()
+        if options.fidelity_weight is not None and not self.restorer.supports_fidelity:
+            raise NoFidelityControlError(self.restorer.name, options.fidelity_weight)
+        if options.needs_reference:
+            reference = options.reference_face
+            source = str(reference) if isinstance(reference, (str, os.PathLike)) else "the reference picture"
+            options = replace(options, reference_face=ReferenceFace(self.reference_embedding(reference), source))
+        if options.measure_identity:
             self._face_embedder()
-        return RestoreOptions(fidelity_weight=fidelity_weight, upscale=int(upscale), selection=selection,
-                              grayscale=grayscale, draw_box=draw_box, measure_identity=measure_identity,
-                              max_pixels=max_pixels)
+        return options
+
+    def options(self, **keywords: Any) -> RestoreOptions:
+        """:class:`~codeformer.options.RestoreOptions` from keywords, prepared (see :meth:`prepare`)."""
+        return self.prepare(RestoreOptions(**keywords))
 
     def _face_embedder(self) -> FaceEmbedder:
         """dlib's face-recognition network, loaded on first use (reference-person selection, identity distances)."""
@@ -253,20 +187,21 @@ class Pipeline:
         return Models(self.restorer, self.detector, self.parser, self.bg_upsampler, self.face_upsampler,
                       batch_size=self.batch_size, embedder=self._embedder, progress=self.progress)
 
-    def restore_pictures(self, pictures: Sequence[Picture], options: RestoreOptions) -> list[RestoreResult]:
+    def restore_pictures(self, pictures: Sequence[Picture], options: RestoreOptions | None = None) -> list[RestoreResult]:
         """Whole pictures: detect, align, restore (faces of all pictures batched), paste back."""
         if not self.whole_pictures:
             raise CodeFormerError(self._aligned_only_reason())
-        return restore_pictures(pictures, self._models(), options)
+        return restore_whole_pictures(pictures, self._models(), self.prepare(options))
 
     def _aligned_only_reason(self) -> str:
         if self.task != "restore":
             return f"{self.spec.name} works on aligned faces only: pass has_aligned=True"
         return "this pipeline was loaded without a face detector: pass has_aligned=True, or load it with one"
 
-    def restore_aligned(self, pictures: Sequence[Picture], options: RestoreOptions, *,
+    def restore_aligned(self, pictures: Sequence[Picture], options: RestoreOptions | None = None, *,
                         names: Sequence[str] | None = None) -> list[RestoreResult]:
         """Aligned face crops (resized to the network's size if needed), each restored as the model's task says."""
+        options = self.prepare(options)
         size = self.restorer.input_size
         labels = list(names) if names is not None else ["picture"] * len(pictures)
         # The reference warns about resizing for colorization, inpainting and reconstruction only.
@@ -276,10 +211,10 @@ class Pipeline:
             masks = [paint_mask_of(p, size) for p in pictures]
             outputs = inpaint_aligned(self.restorer, crops, masks, batch_size=self.batch_size)
         elif self.task == "restore":
-            outputs = restore_aligned(self.restorer, crops, fidelity_weight=options.fidelity_weight,
-                                      gray=options.grayscale, batch_size=self.batch_size)
+            outputs = restore_aligned_crops(self.restorer, crops, fidelity_weight=options.fidelity_weight,
+                                            gray=options.grayscale, batch_size=self.batch_size)
         else:
-            outputs = self.restorer.restore(crops, batch_size=self.batch_size)
+            outputs = self.restorer.restore_crops(crops, batch_size=self.batch_size)
         frame = np.array([0.0, 0.0, size, size])
         return [RestoreResult(picture.with_alpha(out),
                               (RestoredFace(frame.copy(), self.restorer.template.copy(), 1.0, crop, out),))
@@ -291,28 +226,29 @@ class Pipeline:
         self,
         src: PathLike,
         dst: PathLike,
-        *,
         options: RestoreOptions | None = None,
-        temporal_smoothing: bool = True,
-        fps: float | None = None,
-        crf: int = 18,
-        preset: str = "medium",
+        *,
+        video: VideoOptions | None = None,
         progress: bool = True,
         on_frame: Callable[[int, RestoreResult], None] | None = None,
+        **video_keywords: Any,
     ) -> VideoStats:
         """Restore the faces in every frame of ``src`` into the H.264 video ``dst`` (audio and timing kept).
 
-        ``options``: from :meth:`options` (default: every face, the model's default weight, x2).
-        ``temporal_smoothing``: faces are tracked across frames and their landmarks smoothed, so the
-        restored faces hold still and a face the detector misses for a few frames stays restored;
-        False restores every frame on its own. ``on_frame(index, result)`` sees each frame's result
-        in order (``result.faces[i].number`` is the face's track).
+        ``options``: what to do with each frame's faces (default: every face, the model's default
+        weight, x2). ``video`` (:class:`~codeformer.options.VideoOptions`), or its fields as keywords
+        (``temporal_smoothing``, ``fps``, ``crf``, ``preset``): with ``temporal_smoothing`` (the
+        default) faces are tracked across frames and their landmarks smoothed, so the restored
+        faces hold still and a face the detector misses for a few frames stays restored.
+        ``on_frame(index, result)`` sees each frame's result in order (``result.faces[i].number``
+        is the face's track).
         """
         from codeformer.video import transform_video
 
-        processor = self.frame_processor(options, temporal_smoothing=temporal_smoothing, on_frame=on_frame)
-        return transform_video(src, dst, processor, batch_frames=self.frames_per_step, fps=fps, crf=crf,
-                               preset=preset, progress=progress)
+        video = with_keywords(video, VideoOptions, video_keywords)
+        processor = self.frame_processor(options, temporal_smoothing=video.temporal_smoothing, on_frame=on_frame)
+        return transform_video(src, dst, processor, batch_frames=self.frames_per_step, fps=video.fps, crf=video.crf,
+                               preset=video.preset, progress=progress)
 
     @property
     def frames_per_step(self) -> int:
@@ -337,11 +273,11 @@ class Pipeline:
         looks ahead), then ``flush`` at the end; frames come back in order. Arguments as in
         :meth:`restore_video`.
         """
-        from codeformer.face.temporal import TemporalFaceRestorer
+        from codeformer.temporal import TemporalFaceRestorer
 
         if not self.whole_pictures:
             raise CodeFormerError(self._aligned_only_reason())
-        options = options if options is not None else self.options()
+        options = self.prepare(options)
         if temporal_smoothing:
             return TemporalFaceRestorer(self._models(), options, on_frame=on_frame)
         return _FrameByFrame(self, options, on_frame)
@@ -380,79 +316,60 @@ def as_picture(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
     raise CodeFormerError(f"expected a numpy array or a path to a picture, got {type(image).__name__}")
 
 
-def load_pipeline(
-    model: str | os.PathLike[str] = DEFAULT_MODEL,
-    *,
-    detector: str | None = DEFAULT_DETECTOR,
-    device: str = "auto",
-    precision: str = "fp32",
-    parse: bool = True,
-    bg_upsampler: str | os.PathLike[str] | None = None,
-    face_upsample: bool = False,
-    weights_dir: str | os.PathLike[str] | None = None,
-    batch_size: int | None = None,
-    compile: bool = False,
-    bg_tile: int = DEFAULT_TILE,
-    upsampler_half: bool | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    progress: bool = False,
-) -> Pipeline:
-    """Load the networks for ``model`` (a name from :func:`codeformer.available_models`, or a checkpoint file).
+def load_pipeline(model: PathLike | LoadOptions = "codeformer", **keywords: Any) -> Pipeline:
+    """Load the networks a job needs: ``load_pipeline(LoadOptions(...))`` or the same values as keywords.
 
-    - ``detector``: a name from :func:`codeformer.available_detectors`; ``None`` for aligned faces
-      only (nothing for detection is loaded). Models that work on aligned faces only (colorization,
-      inpainting, vqgan) load no detector, parser or upsampler.
-    - ``device``: ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda[:N]`` or ``mps``.
-    - ``precision``: ``fp32`` (exact), ``bf16``, ``fp16`` or ``auto`` (see :mod:`codeformer.precision`).
-    - ``parse``: blend faces with the ParseNet face mask (else the square soft mask alone).
-    - ``bg_upsampler``: an upsampler name from :func:`codeformer.available_upsamplers` or a model file
-      spandrel can load; ``face_upsample`` runs restored faces through it too (without a background
-      upsampler it loads the default one for the faces only). ``bg_tile``: its tile side (0 = whole
-      picture); ``upsampler_half``: None = fp16 on CUDA, False = always fp32.
-    - ``weights_dir``: the weights root (default ``$CODEFORMER_WEIGHTS_DIR``, else ``./weights``);
-      missing files are downloaded and checked on first use.
-    - ``checkpoint``: a file to load for ``model`` instead of its registry file.
-    - ``batch_size``: faces per network forward; None: 1 on the CPU (batches are no faster there
-      and multiply the memory), 4 on GPUs.
-    - ``progress``: show progress bars inside long steps (upsampler tiles).
+    ``model``: a name from :func:`codeformer.available_models` or a checkpoint file (or a whole
+    :class:`~codeformer.options.LoadOptions`, keywords replacing its values). The keywords are
+    LoadOptions' fields: ``detector`` (None: aligned faces only), ``device``, ``precision``,
+    ``parse``, ``bg_upsampler``, ``face_upsample``, ``bg_tile``, ``upsampler_half``,
+    ``weights_dir``, ``batch_size``, ``compile``, ``checkpoint``, ``progress``. Models that work on
+    aligned faces only (colorization, inpainting, vqgan) load no detector, parser or upsampler.
 
-    Unknown names, an unusable device or precision raise :class:`CodeFormerError` before anything
-    is loaded or downloaded.
+    Unknown names and invalid values raise :class:`CodeFormerError` before anything is loaded or
+    downloaded; so does a device or precision this machine cannot run.
     """
-    spec, model_file = _model_choice(model)
-    if checkpoint is not None:
-        model_file = Path(checkpoint).expanduser()
-        if not model_file.is_file():
-            raise CodeFormerError(f"checkpoint {model_file} does not exist")
-    whole_pictures = spec.task == "restore" and detector is not None
-    detector_spec = model_spec(detector, "detector") if detector is not None else None
-    upsampler_choice = _upsampler_choice(bg_upsampler)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise OptionError("batch_size", batch_size, "must be a whole number >= 1")
-    target = resolve_device(device)
-    if batch_size is None:
-        batch_size = CPU_BATCH_SIZE if target.type == "cpu" else GPU_BATCH_SIZE
-    resolve_precision(precision, target)  # a precision the device cannot run fails before any download
+    if isinstance(model, LoadOptions):
+        options = with_keywords(model, LoadOptions, keywords)
+    else:
+        options = with_keywords(None, LoadOptions, {"model": model, **keywords})
+    spec = options.spec
+    model_file = Path(options.checkpoint).expanduser() if options.checkpoint is not None else None
+    if spec is None:
+        model_file = Path(options.model).expanduser()
+        spec = checkpoint_spec(model_file)
+    target = resolve_device(options.device)
+    batch_size = options.batch_size or (CPU_BATCH_SIZE if target.type == "cpu" else GPU_BATCH_SIZE)
+    resolve_precision(options.precision, target)  # a precision the device cannot run fails before any download
 
-    context = LoadContext(device=target, weights_dir=weights_dir, precision=precision, compile=compile,
-                          tile=bg_tile, half=upsampler_half)
+    context = LoadContext(device=target, weights_dir=options.weights_dir, precision=options.precision,
+                          compile=options.compile, tile=options.bg_tile, half=options.upsampler_half)
+    # What to load, decided before anything is: every file the job needs is fetched (or all the
+    # missing ones listed) first, so a machine without internet hears of all of them at once.
+    whole_pictures = options.whole_pictures
+    upsampler_choice = options.bg_upsampler if options.bg_upsampler is not None else DEFAULT_UPSAMPLER
+    upsampler_file = None if isinstance(upsampler_choice, str) and upsampler_choice in names("upsampler") \
+        else Path(upsampler_choice).expanduser()
+    upsampler_spec = model_spec(upsampler_choice if upsampler_file is None else DEFAULT_UPSAMPLER, "upsampler") \
+        if whole_pictures and (options.bg_upsampler is not None or options.face_upsample) else None
+    detector_spec = model_spec(options.detector, "detector") if whole_pictures and options.detector else None
+    parser_spec = model_spec(DEFAULT_PARSER, "parser") if whole_pictures and options.parse else None
+    needed = [*([] if model_file else spec.weights), *(detector_spec.weights if detector_spec else ()),
+              *(parser_spec.weights if parser_spec else ()),
+              *(upsampler_spec.weights if upsampler_spec and upsampler_file is None else ())]
+    ensure_weights(needed, options.weights_dir, progress=options.progress)
+
     bg, faces_up = None, None
-    if whole_pictures and (upsampler_choice is not None or face_upsample):
+    if upsampler_spec is not None:
         # The user's own upsampler file first: the likeliest to be wrong, and cheap to check.
-        choice = upsampler_choice if upsampler_choice is not None else DEFAULT_UPSAMPLER
-        if isinstance(choice, Path):
-            upsampler = model_spec(DEFAULT_UPSAMPLER, "upsampler").load(
-                LoadContext(device=target, weights_dir=weights_dir, checkpoint=choice, tile=bg_tile,
-                            half=upsampler_half))
-        else:
-            upsampler = model_spec(choice, "upsampler").load(context)
-        bg = upsampler if upsampler_choice is not None else None
-        faces_up = upsampler if face_upsample else None
-    restorer = spec.load(LoadContext(device=target, weights_dir=weights_dir, checkpoint=model_file,
-                                     precision=precision, compile=compile))
-    face_detector = detector_spec.load(context) if whole_pictures and detector_spec is not None else None
-    parser = model_spec(DEFAULT_PARSER, "parser").load(context) if whole_pictures and parse else None
-    pipeline = Pipeline(spec, restorer, detector=face_detector, parser=parser, bg_upsampler=bg,
-                        face_upsampler=faces_up, batch_size=batch_size, progress=progress)
+        upsampler = upsampler_spec.load(replace(context, checkpoint=upsampler_file))
+        bg = upsampler if options.bg_upsampler is not None else None
+        faces_up = upsampler if options.face_upsample else None
+    restorer = spec.load(replace(context, checkpoint=model_file))
+    detector = detector_spec.load(context) if detector_spec is not None else None
+    parser = parser_spec.load(context) if parser_spec is not None else None
+    pipeline = Pipeline(spec, restorer, detector=detector, parser=parser, bg_upsampler=bg,
+                        face_upsampler=faces_up, batch_size=batch_size, progress=options.progress,
+                        load_options=options)
     logger.info("loaded %s", pipeline.describe())
     return pipeline

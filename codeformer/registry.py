@@ -6,7 +6,10 @@ how it is built, and for restorers their input size, alignment template and task
 lists model names (``available_models()``, the command line's ``choices=``, the web app's menus) reads
 this table, and an unknown name is refused here, before anything is loaded or downloaded.
 
-Builders import their networks lazily: asking for the names, or for one spec, imports no network code.
+The registry resolves each spec's files (:func:`codeformer.weights.weight_path`: downloaded and
+checked on first use) and hands them to the network's own loader, which knows nothing of names or
+weights roots. Adding a network is one entry here plus its own module. Builders import their
+networks lazily: asking for the names, or for one spec, imports no network code.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 import torch
 
 from codeformer.errors import CodeFormerError
+from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT
 from codeformer.weights import weight_entry, weight_path
 
 if TYPE_CHECKING:
@@ -63,6 +67,10 @@ class LoadContext:
         """The checkpoint to load for ``spec``: the given one, else its table file (downloaded on first use)."""
         return self.checkpoint if self.checkpoint is not None else weight_path(spec.weights[0], self.weights_dir)
 
+    def files(self, spec: ModelSpec) -> list[Path]:
+        """Every table file of ``spec``, in its order (downloaded on first use)."""
+        return [weight_path(key, self.weights_dir) for key in spec.weights]
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -77,7 +85,8 @@ class ModelSpec:
     task: Task | None = None
     input_size: int | None = None  # side of the aligned crops
     template: str | None = None  # alignment template (codeformer.face.alignment.TEMPLATES at input_size)
-    default_fidelity: float | None = None  # None: no fidelity control
+    default_fidelity: float | None = None  # the fidelity weight when none is given; None: no fidelity control
+    fixed_fidelity: float | None = None  # CodeFormer variants trained for one weight run at it, unchangeable
     # Detectors only: the landmark order they return ("ffhq" or "dlib").
     landmarks: str | None = None
 
@@ -98,15 +107,13 @@ class ModelSpec:
 # ------------------------------------------------------------------------------------------ builders
 
 
-def _codeformer(fixed_weight: float | None, adain: bool) -> Callable[[ModelSpec, LoadContext], Restorer]:
-    def build(spec: ModelSpec, context: LoadContext) -> Restorer:
-        from codeformer.restorer import FaceRestorer
+def _codeformer(spec: ModelSpec, context: LoadContext) -> Restorer:
+    from codeformer.restorer import FaceRestorer
 
-        return FaceRestorer.from_file(context.file(spec), context.device, precision=context.precision,
-                                      compile=context.compile, name=spec.name, fixed_weight=fixed_weight,
-                                      adain=adain)
-
-    return build
+    # Inpainting was trained without AdaIN (the reference's inpainting script turns it off).
+    return FaceRestorer.from_file(context.file(spec), context.device, precision=context.precision,
+                                  compile=context.compile, name=spec.name, fixed_weight=spec.fixed_fidelity,
+                                  adain=spec.task != "inpaint")
 
 
 def _spandrel_face(spec: ModelSpec, context: LoadContext) -> Restorer:
@@ -120,9 +127,8 @@ def _checkpoint_file(spec: ModelSpec, context: LoadContext) -> Restorer:
     from codeformer.archs.codeformer import is_codeformer_state_dict
     from codeformer.weights import load_state_dict
 
-    path = context.file(spec)
-    if is_codeformer_state_dict(load_state_dict(path)):
-        return _codeformer(None, adain=True)(spec, context)
+    if is_codeformer_state_dict(load_state_dict(context.file(spec))):
+        return _codeformer(spec, context)
     return _spandrel_face(spec, context)
 
 
@@ -138,23 +144,38 @@ def _vqgan(spec: ModelSpec, context: LoadContext) -> Restorer:
     return VQGANReconstructor.from_file(context.file(spec), context.device, name=spec.name)
 
 
-def _detector(spec: ModelSpec, context: LoadContext) -> FaceDetector:
-    from codeformer.face.detection import load_detector
+def _retinaface(network_name: str) -> Callable[[ModelSpec, LoadContext], FaceDetector]:
+    def build(spec: ModelSpec, context: LoadContext) -> FaceDetector:
+        from codeformer.face.retinaface import load_retinaface
 
-    return load_detector(spec.name, device=context.device, weights_dir=context.weights_dir)
+        return load_retinaface(context.file(spec), network_name, device=context.device, name=spec.name)
+
+    return build
+
+
+def _dlib(spec: ModelSpec, context: LoadContext) -> FaceDetector:
+    from codeformer.face.dlib_detector import load_dlib_detector
+
+    detector_file, predictor_file = context.files(spec)
+    return load_dlib_detector(detector_file, predictor_file)
+
+
+def _yolov5face(spec: ModelSpec, context: LoadContext) -> FaceDetector:
+    from codeformer.face.yolov5face import load_yolov5face
+
+    return load_yolov5face(context.file(spec), spec.name, device=context.device)
 
 
 def _parsenet(spec: ModelSpec, context: LoadContext) -> FaceParser:
     from codeformer.face.parsing import load_face_parser
 
-    return load_face_parser(device=context.device, weights_dir=context.weights_dir)
+    return load_face_parser(context.file(spec), device=context.device)
 
 
 def _upsampler(spec: ModelSpec, context: LoadContext) -> Upsampler:
     from codeformer.upsampler import load_upsampler
 
-    path = context.checkpoint or weight_path(spec.weights[0], context.weights_dir)
-    return load_upsampler(path, device=context.device, tile=context.tile, half=context.half)
+    return load_upsampler(context.file(spec), device=context.device, tile=context.tile, half=context.half)
 
 
 def _table(*specs: ModelSpec) -> Mapping[str, ModelSpec]:
@@ -167,13 +188,13 @@ MODELS: Mapping[str, ModelSpec] = _table(
     # Restorers: aligned 512x512 faces in, restored faces out.
     ModelSpec("codeformer", "restorer", ("CodeFormer/codeformer.pth",),
               "CodeFormer: blind face restoration, fidelity weight w trades quality (0) for fidelity (1)",
-              _codeformer(None, adain=True), task="restore", default_fidelity=0.5, **_FACE),
+              _codeformer, task="restore", default_fidelity=DEFAULT_FIDELITY_WEIGHT, **_FACE),
     ModelSpec("codeformer_colorization", "restorer", ("CodeFormer/codeformer_colorization.pth",),
               "CodeFormer colorization of black-and-white or faded aligned faces",
-              _codeformer(0.0, adain=True), task="colorize", **_FACE),
+              _codeformer, task="colorize", fixed_fidelity=0.0, **_FACE),
     ModelSpec("codeformer_inpainting", "restorer", ("CodeFormer/codeformer_inpainting.pth",),
               "CodeFormer inpainting: fills the pure-white painted pixels of aligned faces",
-              _codeformer(1.0, adain=False), task="inpaint", **_FACE),
+              _codeformer, task="inpaint", fixed_fidelity=1.0, **_FACE),
     ModelSpec("gfpgan_v1.3", "restorer", ("gfpgan/GFPGANv1.3.pth",),
               "GFPGAN v1.3: natural-looking faces, keeps identity well; no fidelity control",
               _spandrel_face, task="restore", **_FACE),
@@ -185,16 +206,17 @@ MODELS: Mapping[str, ModelSpec] = _table(
               _vqgan, task="reconstruct", **_FACE),
     # Face detectors: boxes and 5 landmarks.
     ModelSpec("retinaface_resnet50", "detector", ("facelib/detection_Resnet50_Final.pth",),
-              "RetinaFace ResNet-50: the reference's default, accurate", _detector, landmarks="ffhq"),
+              "RetinaFace ResNet-50: the reference's default, accurate", _retinaface("resnet50"), landmarks="ffhq"),
     ModelSpec("retinaface_mobile0.25", "detector", ("facelib/detection_mobilenet0.25_Final.pth",),
-              "RetinaFace MobileNet-0.25: fast, misses more small faces", _detector, landmarks="ffhq"),
+              "RetinaFace MobileNet-0.25: fast, misses more small faces", _retinaface("mobile0.25"),
+              landmarks="ffhq"),
     ModelSpec("dlib", "detector", ("dlib/mmod_human_face_detector-4cb19393.dat",
                                    "dlib/shape_predictor_5_face_landmarks-c4b1e980.dat"),
-              "dlib CNN detector + 5-point landmarks (CPU only, slow)", _detector, landmarks="dlib"),
+              "dlib CNN detector + 5-point landmarks (CPU only, slow)", _dlib, landmarks="dlib"),
     ModelSpec("YOLOv5l", "detector", ("facelib/yolov5l-face.pth",),
-              "YOLOv5-face large: accurate on small and crowded faces", _detector, landmarks="ffhq"),
+              "YOLOv5-face large: accurate on small and crowded faces", _yolov5face, landmarks="ffhq"),
     ModelSpec("YOLOv5n", "detector", ("facelib/yolov5n-face.pth",),
-              "YOLOv5-face nano: the fastest", _detector, landmarks="ffhq"),
+              "YOLOv5-face nano: the fastest", _yolov5face, landmarks="ffhq"),
     # Face parsing: the mask faces are blended with.
     ModelSpec("parsenet", "parser", ("facelib/parsing_parsenet.pth",),
               "ParseNet face parsing (blend mask of skin, hair, features)", _parsenet),
@@ -244,3 +266,33 @@ def available_detectors() -> list[str]:
 def available_upsamplers() -> list[str]:
     """Names of the upsamplers ``load_pipeline(bg_upsampler=...)`` takes (a model file path is accepted too)."""
     return list(names("upsampler"))
+
+
+# ------------------------------------------------------------------------------------------ loading by name
+
+
+def load_model(name: str, kind: ModelKind, *, device: str | torch.device = "auto",
+               weights_dir: str | os.PathLike[str] | None = None, **context: Any) -> Any:
+    """The network ``name`` of ``kind``, built on ``device`` from its files (downloaded on first use).
+
+    ``context``: the other :class:`LoadContext` fields (``precision``, ``tile``, ``half`` ...).
+    """
+    from codeformer.device import resolve_device
+
+    spec = model_spec(name, kind)
+    return spec.load(LoadContext(device=resolve_device(device), weights_dir=weights_dir, **context))
+
+
+def load_detector(name: str, *, device: str | torch.device = "auto",
+                  weights_dir: str | os.PathLike[str] | None = None) -> FaceDetector:
+    """A ready face detector by name (one of :func:`available_detectors`). Example::
+
+        detector = load_detector("retinaface_resnet50", device="cpu")
+        faces = detector.detect(cv2.imread("group.jpg"))
+    """
+    return load_model(name, "detector", device=device, weights_dir=weights_dir)
+
+
+def load_parser(*, device: str | torch.device = "auto", weights_dir: str | os.PathLike[str] | None = None) -> FaceParser:
+    """The face parser (ParseNet) with its official weights."""
+    return load_model(DEFAULT_PARSER, "parser", device=device, weights_dir=weights_dir)

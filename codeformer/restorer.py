@@ -11,7 +11,6 @@ The network runs in a precision mode (:mod:`codeformer.precision`: ``fp32``, ``b
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -20,15 +19,14 @@ import torch
 
 from codeformer.archs import CodeFormer, VQAutoEncoder, build_codeformer, build_vqgan
 from codeformer.device import resolve_device
-from codeformer.errors import CodeFormerError, OptionError
+from codeformer.errors import CodeFormerError
+from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT, NoFidelityControlError, fidelity_weight_for
 from codeformer.face.alignment import FACE_SIZE, FFHQ_TEMPLATE_5
 from codeformer.precision import apply_precision, cpu_has_native_bf16, describe_precision, resolve_precision
 from codeformer.weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
-# CodeFormer's w when none is given: the reference's default (-w 0.5).
-DEFAULT_FIDELITY_WEIGHT = 0.5
 PIXEL_MAX = 255.0  # uint8 full scale
 BGR_TO_RGB = [2, 1, 0]  # channel order swap (its own inverse)
 
@@ -65,7 +63,7 @@ class Restorer(Protocol):
     supports_fidelity: bool  # whether restore() takes a fidelity weight (CodeFormer's w)
     precision: str  # the resolved precision mode: fp32, bf16 or fp16
 
-    def restore(
+    def restore_crops(
         self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
     ) -> list[np.ndarray]:
         """Restore (S, S, 3) BGR uint8 crops. ``fidelity_weight=None``: the model's own default.
@@ -77,28 +75,6 @@ class Restorer(Protocol):
     def describe(self) -> str:
         """One line for the log: device, precision and anything else worth knowing."""
         ...
-
-
-class NoFidelityControlError(OptionError):
-    """A fidelity weight was given to a model that has none."""
-
-    def __init__(self, model: str, value: float) -> None:
-        self.model = model
-        super().__init__("fidelity_weight", value, f"{model} has no fidelity control; leave the weight out")
-
-
-def codeformer_weight(model: str, fidelity_weight: float | None, fixed_weight: float | None) -> float:
-    """The ``w`` a CodeFormer network runs with: the pinned one, the default for None, else a checked [0, 1] value."""
-    if fixed_weight is not None:
-        if fidelity_weight is not None and fidelity_weight != fixed_weight:
-            raise NoFidelityControlError(model, fidelity_weight)
-        return fixed_weight
-    if fidelity_weight is None:
-        return DEFAULT_FIDELITY_WEIGHT
-    if not (math.isfinite(fidelity_weight) and 0.0 <= fidelity_weight <= 1.0):
-        raise OptionError("fidelity_weight", fidelity_weight,
-                          "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)")
-    return float(fidelity_weight)
 
 
 def ffhq_template(size: int) -> np.ndarray:
@@ -167,7 +143,7 @@ class FaceRestorer:
     Example::
 
         restorer = FaceRestorer.from_file("weights/CodeFormer/codeformer.pth", device="auto", precision="auto")
-        restored = restorer.restore(crops, fidelity_weight=0.5)
+        restored = restorer.restore_crops(crops, fidelity_weight=0.5)
     """
 
     def __init__(
@@ -233,7 +209,7 @@ class FaceRestorer:
         """Side length of the crops the network takes (512 for the official files)."""
         return self.input_size
 
-    def restore(
+    def restore_crops(
         self,
         crops: Sequence[np.ndarray],
         *,
@@ -260,7 +236,9 @@ class FaceRestorer:
         return restored
 
     def _weight(self, fidelity_weight: float | None) -> float:
-        return codeformer_weight(self.name, fidelity_weight, self.fixed_weight)
+        weight = fidelity_weight_for(self.name, fidelity_weight, default=DEFAULT_FIDELITY_WEIGHT, fixed=self.fixed_weight)
+        assert weight is not None  # CodeFormer always has a weight
+        return weight
 
     def _forward(self, batch: torch.Tensor, w: float, adain: bool) -> torch.Tensor:
         """``self.net(batch, w, adain)[0]`` with the generator pass through :attr:`_decode` (maybe compiled)."""
@@ -324,7 +302,7 @@ class VQGANReconstructor:
     def describe(self) -> str:
         return f"{self.device}, fp32"
 
-    def restore(
+    def restore_crops(
         self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
     ) -> list[np.ndarray]:
         if fidelity_weight is not None:

@@ -31,7 +31,7 @@ Example::
 
     restorer = SpandrelRestorer.from_file("weights/gfpgan/GFPGANv1.4.pth", device="auto")
     logger.info("face restorer: %s", restorer.describe())
-    restored = restorer.restore(crops)        # crops: (512, 512, 3) BGR uint8, FFHQ-aligned
+    restored = restorer.restore_crops(crops)        # crops: (512, 512, 3) BGR uint8, FFHQ-aligned
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ from torch import nn
 
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError, OptionError
+from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT, fidelity_weight_for
 from codeformer.precision import DTYPES, cpu_has_native_bf16, resolve_precision
 from codeformer.restorer import (
-    DEFAULT_FIDELITY_WEIGHT,
-    NoFidelityControlError,
     batch_to_crops,
     crops_to_batch,
     ffhq_template,
@@ -283,7 +282,7 @@ class SpandrelRestorer:
     Example::
 
         restorer = SpandrelRestorer.from_file("weights/gfpgan/GFPGANv1.4.pth", precision="auto")
-        restored = restorer.restore(crops, batch_size=8)
+        restored = restorer.restore_crops(crops, batch_size=8)
     """
 
     def __init__(
@@ -339,7 +338,7 @@ class SpandrelRestorer:
         note = f", {self._arch.note}" if self._arch.note else ""
         return f"{self.architecture}, {self.input_size}x{self.input_size} crops, {self.device}, {self.precision}{note}"
 
-    def restore(
+    def restore_crops(
         self, crops: Sequence[np.ndarray], *, fidelity_weight: float | None = None, batch_size: int = 4
     ) -> list[np.ndarray]:
         """Restore ``crops`` ((S, S, 3) BGR uint8, S = :attr:`input_size`); as many restored crops, in order.
@@ -369,15 +368,4 @@ class SpandrelRestorer:
 
     def _weight(self, fidelity_weight: float | None) -> float | None:
         """The weight to pass to the network, checked."""
-        default = self._arch.default_fidelity
-        if default is None:
-            if fidelity_weight is not None:
-                raise NoFidelityControlError(self.name, fidelity_weight)
-            return None
-        if fidelity_weight is None:
-            return default
-        if not (math.isfinite(fidelity_weight) and 0.0 <= fidelity_weight <= 1.0):
-            raise OptionError(
-                "fidelity_weight", fidelity_weight, "is outside [0, 1]; pick a value from 0 (quality) to 1 (fidelity)"
-            )
-        return float(fidelity_weight)
+        return fidelity_weight_for(self.name, fidelity_weight, default=self._arch.default_fidelity)

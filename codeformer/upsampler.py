@@ -24,7 +24,7 @@ Differences from ``RealESRGANer``, on purpose:
 
 Example::
 
-    upsampler = load_upsampler("realesrgan", device=torch.device("cuda"), tile=400)
+    upsampler = load_upsampler("weights/realesrgan/RealESRGAN_x2plus.pth", device="cuda", tile=400)
     logger.info("background upsampler: %s", upsampler.describe())
     big = upsampler.upscale(picture, outscale=2)   # (round(2H), round(2W), 3) uint8
 """
@@ -42,10 +42,10 @@ import cv2
 import numpy as np
 import spandrel
 import torch
-from tqdm import tqdm
 
 from codeformer.errors import CodeFormerError, OptionError
-from codeformer.weights import load_state_dict, weight_path
+from codeformer.progress import Progress
+from codeformer.weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -183,21 +183,6 @@ def _load_descriptor(path: Path) -> spandrel.ImageModelDescriptor:
     return _check_descriptor(descriptor, str(path))
 
 
-def _resolve_model_file(spec: str | os.PathLike[str], weights_dir: str | os.PathLike[str] | None) -> Path:
-    """A registry name's file in the weights root (downloaded on first use), else ``spec`` as a path."""
-    from codeformer.registry import available_upsamplers, model_spec
-
-    if isinstance(spec, str) and spec in available_upsamplers():
-        return weight_path(model_spec(spec, "upsampler").weights[0], weights_dir)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        names = ", ".join(repr(name) for name in available_upsamplers())
-        raise CodeFormerError(
-            f"upsampler model {str(spec)!r} is neither {names} nor an existing file: check the path"
-        )
-    return path
-
-
 def _choose_half(half: bool | None, device: torch.device, descriptor: spandrel.ImageModelDescriptor) -> bool:
     """fp16 on CUDA unless told otherwise; fp32 on the CPU and for models that cannot run in fp16."""
     wanted = device.type == "cuda" if half is None else half
@@ -307,16 +292,21 @@ class Upsampler:
         """Run ``color`` (H, W, 3) BGR or (H, W) gray through the network, tile by tile, into ``out``."""
         height, width = color.shape[:2]
         tiles = tile_grid(height, width, self.tile, self.tile_pad)
-        scale = self.scale
         max_value = _MAX_VALUE[color.dtype]
-        for tile in tqdm(tiles, desc="upsampling", unit="tile", disable=not progress or len(tiles) < 2, leave=False):
-            patch = color[tile.pad_y0:tile.pad_y1, tile.pad_x0:tile.pad_x1]
-            output = self._run_patch(patch, max_value)  # (h*s, w*s, 3) or (h*s, w*s), out.dtype values
-            top, left = (tile.y0 - tile.pad_y0) * scale, (tile.x0 - tile.pad_x0) * scale
-            rows, cols = (tile.y1 - tile.y0) * scale, (tile.x1 - tile.x0) * scale
-            out[tile.y0 * scale:tile.y1 * scale, tile.x0 * scale:tile.x1 * scale] = (
-                output[top:top + rows, left:left + cols]
-            )
+        with Progress(total=len(tiles), desc="upsampling", unit="tile", enabled=progress and len(tiles) > 1,
+                      per_item=False, leave=False) as bar:
+            for tile in tiles:
+                self._upscale_tile(color, out, tile, max_value)
+                bar.update(1)
+
+    def _upscale_tile(self, color: np.ndarray, out: np.ndarray, tile: Tile, max_value: int) -> None:
+        """One tile of ``color`` through the network into its place in ``out`` (its padding cut away)."""
+        scale = self.scale
+        patch = color[tile.pad_y0:tile.pad_y1, tile.pad_x0:tile.pad_x1]
+        output = self._run_patch(patch, max_value)  # (h*s, w*s, 3) or (h*s, w*s), out.dtype values
+        top, left = (tile.y0 - tile.pad_y0) * scale, (tile.x0 - tile.pad_x0) * scale
+        rows, cols = (tile.y1 - tile.y0) * scale, (tile.x1 - tile.x0) * scale
+        out[tile.y0 * scale:tile.y1 * scale, tile.x0 * scale:tile.x1 * scale] = output[top:top + rows, left:left + cols]
 
     def _run_patch(self, patch: np.ndarray, max_value: int) -> np.ndarray:
         """One padded tile through the network; returns integer pixel values on the CPU, same layout."""
@@ -373,28 +363,27 @@ def _restore_layout(result: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 
 def load_upsampler(
-    spec: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     *,
     device: torch.device | str,
     tile: int = DEFAULT_TILE,
     tile_pad: int = DEFAULT_TILE_PAD,
     half: bool | None = None,
-    weights_dir: str | os.PathLike[str] | None = None,
 ) -> Upsampler:
-    """Load a background/face upsampler.
+    """Load a background/face upsampler from any model file spandrel can load (``.pth``, ``.safetensors``, ...).
 
-    ``spec``: ``"realesrgan"`` (the reference's RealESRGAN_x2plus from the weights root, downloaded
-    on first use) or a path to any model file spandrel can load (``.pth``, ``.safetensors``, ...;
-    2x, 4x or 1x). ``half=None`` means fp16 on CUDA and fp32 elsewhere; ``half=False`` forces fp32
-    (some GPUs give black pictures in fp16). ``tile=0`` runs whole pictures at once.
+    2x, 4x or 1x models; :mod:`codeformer.registry` resolves names such as ``"realesrgan"`` to their
+    file. ``half=None`` means fp16 on CUDA and fp32 elsewhere; ``half=False`` forces fp32 (some GPUs
+    give black pictures in fp16). ``tile=0`` runs whole pictures at once.
 
-    >>> upsampler = load_upsampler("realesrgan", device=torch.device("cuda"))  # doctest: +SKIP
+    >>> upsampler = load_upsampler("weights/realesrgan/RealESRGAN_x2plus.pth", device="cuda")  # doctest: +SKIP
     >>> upsampler.describe()  # doctest: +SKIP
     'ESRGAN x2 (64nf, 23nb, unshuffle), fp16, tile 400 (pad 40), cuda'
     """
-    path = _resolve_model_file(spec, weights_dir)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CodeFormerError(f"upsampler model {str(path)!r} does not exist: check the path")
     descriptor = _load_descriptor(path)
     upsampler = Upsampler(descriptor, device=device, tile=tile, tile_pad=tile_pad, half=half, source=str(path))
     logger.info("upsampler %s: %s", path.name, upsampler.describe())
     return upsampler
-

@@ -7,12 +7,16 @@ Files live under a weights root laid out like the reference repository's ``weigh
 (``CodeFormer/``, ``facelib/``, ``dlib/``, ``realesrgan/``). The root is, in order: the
 ``--weights_dir`` option, the ``CODEFORMER_WEIGHTS_DIR`` environment variable, ``./weights``.
 
-A file already in place is used as it is (users drop in their own copies; ``--verify`` in
-``scripts/download_pretrained_models.py`` checks them). A missing file is downloaded on first use:
-to a ``.part`` file next to its destination, hashed while it streams, checked against the table's
-sha256 and only then renamed into place, so an interrupted or corrupted download never leaves a
-file under the final name. Network calls time out instead of hanging. Without network, the error
-names the file, its URL and the exact path to put it at.
+A file already in place is checked once against its sha256 (the table's, or for files whose hash
+is not published the one recorded at their first download, in ``<file>.sha256``); the result is
+remembered in ``<root>/.checked.json`` against the file's size and modification time, so a 377 MB
+file is hashed once, not on every run. A file that does not match is used with a warning (it may
+be the user's own fine-tuned copy); a truncated one is refused, naming the command that fetches it
+again. A missing file is downloaded on first use: to a ``.part`` file next to its destination,
+hashed while it streams, checked and only then renamed into place, so an interrupted or corrupted
+download never leaves a file under the final name. Network calls time out instead of hanging.
+:func:`ensure_weights` fetches every file a job needs before any work, and when they cannot be
+downloaded lists all of them (URL, destination, size) in one message with the command to fetch them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.util
+import json
 import logging
 import os
 import pickle
@@ -30,7 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Mapping
+from typing import IO, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -49,6 +54,12 @@ DEFAULT_WEIGHTS_DIR = "weights"
 DOWNLOAD_TIMEOUT_S = 30.0
 # Read size while streaming and hashing: large enough to be fast, small enough for steady progress.
 CHUNK_BYTES = 1 << 20
+# Beside a file whose sha256 is not published: the sha256 of its first download, which later runs check.
+RECORD_SUFFIX = ".sha256"
+# In the weights root: the sha256 of each file in place, by size and modification time (hashed once).
+CHECKS_NAME = ".checked.json"
+# The command that fetches files ahead of time, as the README gives it.
+DOWNLOAD_COMMAND = "python scripts/download_pretrained_models.py"
 
 _RELEASE = "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0"
 _CODEFORMER_LICENSE = "S-Lab License 1.0 (non-commercial)"
@@ -61,7 +72,7 @@ class WeightFile:
 
     key: str  # path relative to the weights root, e.g. "CodeFormer/codeformer.pth"
     url: str
-    sha256: str
+    sha256: str | None  # None where none is published: the first download records its own (RECORD_SUFFIX)
     size: int | None  # bytes; None where no trustworthy size is published
     license: str
     description: str
@@ -235,12 +246,15 @@ def weight_path(
 ) -> Path:
     """Local path of a pretrained file, downloading (and verifying) it on first use.
 
-    Order: the file in the weights root (used as it is), the copy an installed package ships (dlib
-    files in face-recognition-models), a verified download into the weights root.
+    Order: the file in the weights root (checked once, see :func:`check_in_place`), the copy an
+    installed package ships (dlib files in face-recognition-models), a verified download into the
+    weights root.
     """
     entry = weight_entry(key)
-    destination = resolve_weights_dir(weights_dir) / entry.key
+    root = resolve_weights_dir(weights_dir)
+    destination = root / entry.key
     if destination.is_file():
+        check_in_place(entry, root)
         return destination
     packaged = packaged_copy(entry)
     if packaged is not None:
@@ -250,10 +264,135 @@ def weight_path(
         raise CodeFormerError(
             f"{entry.filename} is missing: download {entry.url} and save it as {destination}"
         )
-    return download_file(
+    path = download_file(
         download_url(entry), destination, sha256=entry.sha256, size=entry.size,
         progress=progress, timeout=timeout, manual_url=entry.url,
     )
+    if entry.sha256 is None:
+        _record_path(path).write_text(sha256_file(path) + "\n", encoding="ascii")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ in place
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def expected_sha256(entry: WeightFile, weights_dir: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
+    """The sha256 a file is checked against and where it comes from: ``published``, ``first download`` or ``none``."""
+    if entry.sha256 is not None:
+        return entry.sha256, "published"
+    record = _record_path(resolve_weights_dir(weights_dir) / entry.key)
+    try:
+        recorded = record.read_text(encoding="ascii").strip()
+    except OSError:
+        return None, "none"
+    return recorded or None, "first download" if recorded else "none"
+
+
+def _in_place_sha256(root: Path, key: str, path: Path) -> tuple[str, bool]:
+    """The file's sha256, from the root's record when size and time still match; (sha256, hashed now)."""
+    stat = path.stat()
+    checks_file = root / CHECKS_NAME
+    try:
+        checks = json.loads(checks_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        checks = {}
+    known = checks.get(key) if isinstance(checks, dict) else None
+    if isinstance(known, dict) and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+        return str(known.get("sha256")), False
+    digest = sha256_file(path)
+    checks = checks if isinstance(checks, dict) else {}
+    checks[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    try:
+        with atomic_path(checks_file) as temporary:
+            Path(temporary).write_text(json.dumps(checks, indent=1, sort_keys=True), encoding="utf-8")
+    except OSError:  # a read-only weights root: hashed again next time, nothing else changes
+        logger.debug("cannot record the check of %s in %s", key, checks_file)
+    return digest, True
+
+
+def check_in_place(entry: WeightFile, weights_dir: str | os.PathLike[str] | None = None) -> None:
+    """Check a file already in the weights root against its sha256, once per change of the file.
+
+    A file that does not match is used with a warning, given the first time it is seen (it may be
+    the user's own fine-tuned copy); a truncated one (shorter than published, and not a whole
+    archive) raises :class:`CodeFormerError` naming the file and the command that fetches it again.
+    """
+    root = resolve_weights_dir(weights_dir)
+    path = root / entry.key
+    expected, source = expected_sha256(entry, root)
+    if expected is None:
+        return
+    size = path.stat().st_size
+    if entry.size is not None and size < entry.size and not zipfile.is_zipfile(path):
+        raise CodeFormerError(
+            f"{path} is incomplete ({size} of {entry.size} bytes): delete it and fetch it again with "
+            f"{DOWNLOAD_COMMAND} {entry.key}"
+        )
+    digest, hashed_now = _in_place_sha256(root, entry.key, path)
+    if digest != expected and hashed_now:
+        logger.warning(
+            "%s does not match the %s sha256 (%s...): it is used as it is (your own fine-tuned file?); if it "
+            "is not, delete it and fetch it again with %s %s", path, source, expected[:12], DOWNLOAD_COMMAND, entry.key,
+        )
+
+
+# ------------------------------------------------------------------------------------------ missing files
+
+
+def _missing(keys: Sequence[str], root: Path) -> list[WeightFile]:
+    return [entry for entry in map(weight_entry, dict.fromkeys(keys))
+            if not (root / entry.key).is_file() and packaged_copy(entry) is None]
+
+
+def missing_weights_message(entries: Sequence[WeightFile], root: Path, reason: str) -> str:
+    """One message for every missing file: URL, destination and size each, and the command that fetches them."""
+    groups = " ".join(dict.fromkeys(entry.group for entry in entries))
+    lines = [f"{len(entries)} pretrained file{'s are' if len(entries) != 1 else ' is'} missing and cannot be "
+             f"downloaded here ({reason}):"]
+    for entry in entries:
+        size = f"{entry.size / 1e6:.1f} MB" if entry.size else "size not published"
+        lines.append(f"  {entry.url} -> {root / entry.key} ({size})")
+    lines.append(f"fetch them on a machine with internet with `{DOWNLOAD_COMMAND} {groups}` and copy them here, "
+                 "or download each URL above and save it at its path")
+    return "\n".join(lines)
+
+
+class DownloadError(CodeFormerError):
+    """A download that failed on the way (network, server, disk); ``reason`` says why in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class MissingWeightsError(CodeFormerError):
+    """Pretrained files a job needs that are not here and cannot be downloaded: the message lists them all."""
+
+    def __init__(self, entries: Sequence[WeightFile], root: Path, reason: str) -> None:
+        self.entries, self.root = tuple(entries), root
+        super().__init__(missing_weights_message(entries, root, reason))
+
+
+def ensure_weights(keys: Sequence[str], weights_dir: str | os.PathLike[str] | None = None, *,
+                   progress: bool = True) -> None:
+    """Make sure every file in ``keys`` is here before any work: download the missing ones.
+
+    When one cannot be downloaded, :class:`MissingWeightsError` lists every file still missing,
+    not only the first.
+    """
+    root = resolve_weights_dir(weights_dir)
+    missing = _missing(keys, root)
+    for entry in missing:
+        try:
+            weight_path(entry.key, root, progress=progress)
+        except CodeFormerError as error:
+            still = _missing([entry.key for entry in missing], root)
+            reason = error.reason if isinstance(error, DownloadError) else str(error)
+            raise MissingWeightsError(still, root, reason) from None
 
 
 def download_file(
@@ -285,7 +424,8 @@ def download_file(
                     f"changed download); try again, or {by_hand}"
                 )
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as error:
-        raise CodeFormerError(f"cannot download {destination.name} ({_reason(error)}): {by_hand}") from None
+        reason = _reason(error)
+        raise DownloadError(f"cannot download {destination.name} ({reason}): {by_hand}", reason) from None
     return destination
 
 
@@ -344,16 +484,21 @@ class VerifyResult:
 
 
 def verify_weight(entry: WeightFile, weights_dir: str | os.PathLike[str] | None = None) -> VerifyResult:
-    """Check the file in the weights root (or the packaged copy) against the table's sha256."""
+    """Check the file in the weights root (or the packaged copy) against its sha256: the published one,
+    or the one recorded at its first download (the detail says which)."""
     path = resolve_weights_dir(weights_dir) / entry.key
     if not path.is_file():
         path = packaged_copy(entry)
         if path is None:
             return VerifyResult(entry, None, False, "missing")
+    expected, source = expected_sha256(entry, weights_dir)
+    if expected is None:
+        return VerifyResult(entry, path, False, "no sha256 is published and none was recorded at a download: "
+                                                "cannot be checked (delete it and download it again to record one)")
     digest = sha256_file(path)
-    if digest != entry.sha256:
-        return VerifyResult(entry, path, False, f"sha256 {digest} does not match {entry.sha256}")
-    return VerifyResult(entry, path, True, "ok")
+    if digest != expected:
+        return VerifyResult(entry, path, False, f"sha256 {digest} does not match the {source} {expected}")
+    return VerifyResult(entry, path, True, f"ok ({source} sha256)")
 
 
 # Keys under which training frameworks wrap the weights, in order of preference: BasicSR's EMA

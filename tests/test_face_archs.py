@@ -34,7 +34,7 @@ from codeformer.archs import (
     gpen_template,
     restoreformer_state_dict,
 )
-from codeformer.archs.gpen import GPEN_BFR_FILES, GPEN_TEMPLATES, MAPPING_LR_MUL, blur_kernel
+from codeformer.archs.gpen import GPEN_BFR_CONFIGS, GPEN_TEMPLATES, MAPPING_LR_MUL, blur_kernel
 from codeformer.archs.restoreformer_pp import MODEL_PREFIX, RESTOREFORMER_PP_TEMPLATE_5
 from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import FFHQ_TEMPLATE_5
@@ -60,7 +60,7 @@ GPEN_SEED = 0
 RESTOREFORMER_SEED = 0
 GPEN_INPUT_SEED = 1
 RESTOREFORMER_INPUT_SEED = 1
-GPEN_TEST_CONFIG = GPEN_BFR_FILES["GPEN-BFR-256"][0]
+GPEN_TEST_CONFIG = GPEN_BFR_CONFIGS["GPEN-BFR-256"]
 RESTOREFORMER_INPUT_SIDE = 128  # the official 512 px network on 128 px inputs: all weights, 16x cheaper
 RESTOREFORMER_BATCH = 2
 
@@ -175,7 +175,7 @@ def _assert_close_to_rounding(actual: torch.Tensor, expected: torch.Tensor) -> N
 # GPEN-BFR
 # ---------------------------------------------------------------------------------------------
 
-GPEN_VARIANTS = {f"{name}.pth": config for name, (config, _url) in GPEN_BFR_FILES.items()}
+GPEN_VARIANTS = {f"{name}.pth": config for name, config in GPEN_BFR_CONFIGS.items()}
 
 
 def test_gpen_layout_file_lists_the_four_official_files():

@@ -182,7 +182,7 @@ def test_onnx_restorer_restores_like_the_face_restorer(
     restorer: FaceRestorer, onnx_restorer: OnnxRestorer, crops: list[np.ndarray]
 ):
     # the default weight (0.5) on both sides, in batches of 2 and 1
-    assert_same_crops(onnx_restorer.restore(crops, batch_size=2), restorer.restore(crops, batch_size=2))
+    assert_same_crops(onnx_restorer.restore_crops(crops, batch_size=2), restorer.restore_crops(crops, batch_size=2))
 
 
 def test_the_weight_is_live(onnx_outputs: dict[float, np.ndarray]):
@@ -242,7 +242,7 @@ def test_run_onnx_takes_crops_like_the_restorer(
 ):
     restored = run_onnx(session, crops[:2], 0.7)
     assert all(crop.shape == (SMALL_SIDE, SMALL_SIDE, 3) and crop.dtype == np.uint8 for crop in restored)
-    for a, b in zip(restored, onnx_restorer.restore(crops[:2], fidelity_weight=0.7)):
+    for a, b in zip(restored, onnx_restorer.restore_crops(crops[:2], fidelity_weight=0.7)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -265,24 +265,24 @@ def test_onnx_restorer_is_a_restorer(onnx_restorer: OnnxRestorer):
 
 def test_onnx_restorer_keeps_order_across_batches(onnx_restorer: OnnxRestorer, crops: list[np.ndarray]):
     a, b, _ = crops
-    restored = onnx_restorer.restore([a, b, a], batch_size=2)  # batches [a, b], [a]; default w = 0.5
+    restored = onnx_restorer.restore_crops([a, b, a], batch_size=2)  # batches [a, b], [a]; default w = 0.5
     assert len(restored) == 3
     assert_same_crops([restored[0]], [restored[2]])
     assert np.abs(restored[0].astype(int) - restored[1].astype(int)).max() > 10
-    assert onnx_restorer.restore([]) == []
+    assert onnx_restorer.restore_crops([]) == []
 
 
 @pytest.mark.parametrize("w", [-0.1, 1.5, float("nan")])
 def test_onnx_restorer_refuses_weights_outside_the_unit_interval(onnx_restorer, crops, w):
     with pytest.raises(OptionError, match="outside"):
-        onnx_restorer.restore(crops[:1], fidelity_weight=w)
+        onnx_restorer.restore_crops(crops[:1], fidelity_weight=w)
 
 
 def test_onnx_restorer_refuses_bad_crops_and_batch_sizes(onnx_restorer: OnnxRestorer, crops: list[np.ndarray]):
     with pytest.raises(ValueError, match="face crop 0 must be"):
-        onnx_restorer.restore([np.zeros((64, 64, 3), np.uint8)])
+        onnx_restorer.restore_crops([np.zeros((64, 64, 3), np.uint8)])
     with pytest.raises(OptionError, match="batch_size"):
-        onnx_restorer.restore(crops, batch_size=0)
+        onnx_restorer.restore_crops(crops, batch_size=0)
 
 
 def test_onnx_restorer_pins_a_fixed_weight(
@@ -291,8 +291,8 @@ def test_onnx_restorer_pins_a_fixed_weight(
     pinned = OnnxRestorer(onnx_path, fixed_weight=0.0)
     assert not pinned.supports_fidelity
     with pytest.raises(NoFidelityControlError):
-        pinned.restore(crops, fidelity_weight=0.5)
-    restored = pinned.restore(crops, fidelity_weight=0.0, batch_size=len(crops))
+        pinned.restore_crops(crops, fidelity_weight=0.5)
+    restored = pinned.restore_crops(crops, fidelity_weight=0.0, batch_size=len(crops))
     for a, b in zip(restored, batch_to_crops(torch.from_numpy(onnx_outputs[0.0]))):
         np.testing.assert_array_equal(a, b)
 
@@ -353,10 +353,10 @@ def test_gfpgan_exports_with_input_and_output_only(gfpgan: GFPGAN, tmp_path: Pat
     restorer = OnnxRestorer(path)
     assert isinstance(restorer, Restorer) and not restorer.supports_fidelity
     with pytest.raises(NoFidelityControlError):
-        restorer.restore(crops, fidelity_weight=0.5)
+        restorer.restore_crops(crops, fidelity_weight=0.5)
     with pytest.raises(NoFidelityControlError):
         run_onnx(session, batch.numpy(), 0.5)
-    assert_same_crops(restorer.restore(crops), run_onnx(session, crops))
+    assert_same_crops(restorer.restore_crops(crops), run_onnx(session, crops))
 
 
 def test_batch_independent_modulated_convs_match_and_are_undone(gfpgan: GFPGAN):

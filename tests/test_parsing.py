@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import normalize
 
 from codeformer.errors import CodeFormerError
-from codeformer.face.parsing import PARSENET_KEY, FaceParser, build_parsenet, load_face_parser, preprocess_faces
+from codeformer.face.parsing import FaceParser, build_parsenet, preprocess_faces
+from codeformer.registry import load_parser, model_spec
+
+PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
 from codeformer.face.pasteback import parse_labels_to_mask
 
 PARSE_SIZE = 512
@@ -70,7 +73,7 @@ def saved_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 
 @pytest.fixture(scope="module")
 def parser(saved_state: tuple[Path, dict[str, torch.Tensor]]) -> FaceParser:
-    return load_face_parser(device="cpu", weights_dir=saved_state[0])
+    return load_parser(device="cpu", weights_dir=saved_state[0])
 
 
 def test_official_layout_loads_strictly_in_eval_mode(
@@ -87,7 +90,7 @@ def test_a_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, path)
     with pytest.raises(CodeFormerError, match=r"is not a ParseNet checkpoint.*delete it"):
-        load_face_parser(device="cpu", weights_dir=tmp_path)
+        load_parser(device="cpu", weights_dir=tmp_path)
 
 
 def test_masks_have_the_right_shape_and_range_and_batches_match_singles(

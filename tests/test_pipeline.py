@@ -246,6 +246,20 @@ def test_console_script_has_real_subcommands(capsys: pytest.CaptureFixture[str])
     assert main(["-i", "/nonexistent/folder", "-q"]) == 1
 
 
+@pytest.mark.parametrize("argv", [["restore", "--bogus"], ["--bogus"], ["colorize", "-w", "0.5"],
+                                  ["download", "all", "--bogus"]])
+def test_a_subcommands_errors_show_its_own_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    command = argv[0] if argv[0] in ("restore", "colorize", "download") else "restore"
+    assert err.startswith(f"usage: codeformer {command} [-h]")
+    assert "COMMAND ..." not in err and "unrecognized arguments" in err
+
+
 def test_fidelity_weight_with_a_model_without_it_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     from codeformer.cli import restore_main
 
@@ -263,7 +277,7 @@ def test_fidelity_weight_with_a_model_without_it_is_a_usage_error(capsys: pytest
 ])
 def test_ext_names_the_final_picture(ext: str, input_name: str, expected: str, pipe: Pipeline, tmp_path: Path) -> None:
     from codeformer.imageio import read_image
-    from codeformer.runs import restore_picture_files
+    from codeformer.jobs.local import restore_picture_files
 
     source = write_image(tmp_path / "in" / input_name, picture(200, 160))
     report = restore_picture_files(pipe, [source], tmp_path / "out", pipe.options(upscale=1), progress=False,
@@ -273,7 +287,11 @@ def test_ext_names_the_final_picture(ext: str, input_name: str, expected: str, p
     assert read_image(tmp_path / "out" / "final_results" / expected).width == 200
 
 
-def test_faces_of_one_picture_tick_the_progress_bar_one_batch_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+def test_faces_of_one_picture_tick_the_progress_bar_one_batch_at_a_time(capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: bars (elsewhere: log lines)
     quiet = small_pipeline()
     ticking = small_pipeline()
     ticking.batch_size, ticking.progress = 1, True

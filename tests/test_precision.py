@@ -191,7 +191,7 @@ def test_bf16_meets_the_bounds_on_official_size_real_faces(tmp_path_factory):
     results = {}
     for mode in ("fp32", "bf16"):
         restorer = FaceRestorer.from_file(path, device="cpu", precision=mode)
-        results[mode] = (restorer.predict_codes(faces, batch_size=2), restorer.restore(faces, fidelity_weight=W, batch_size=2))
+        results[mode] = (restorer.predict_codes(faces, batch_size=2), restorer.restore_crops(faces, fidelity_weight=W, batch_size=2))
     (codes32, faces32), (codes16, faces16) = results["fp32"], results["bf16"]
     assert (codes16 == codes32).mean() >= MIN_TOKEN_AGREEMENT
     assert len(np.unique(codes32)) > 10  # a meaningful test: many different codes in play
@@ -202,8 +202,8 @@ def test_bf16_meets_the_bounds_on_official_size_real_faces(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_batch_equals_singles_in_each_mode(small_faces, precision):
     restorer = small_restorer(precision)
-    batched = restorer.restore(small_faces, fidelity_weight=W, batch_size=len(small_faces))
-    singles = restorer.restore(small_faces, fidelity_weight=W, batch_size=1)
+    batched = restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=len(small_faces))
+    singles = restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=1)
     codes = [restorer.predict_codes(small_faces, batch_size=size) for size in (len(small_faces), 1)]
     assert np.array_equal(*codes)
     for together, alone in zip(batched, singles):
@@ -217,7 +217,7 @@ def test_bf16_small_network_stays_close_to_fp32(small_faces):
     exact = small_restorer("fp32")
     fast = small_restorer("bf16")
     assert np.array_equal(fast.predict_codes(small_faces), exact.predict_codes(small_faces))
-    for a, b in zip(fast.restore(small_faces, fidelity_weight=W), exact.restore(small_faces, fidelity_weight=W)):
+    for a, b in zip(fast.restore_crops(small_faces, fidelity_weight=W), exact.restore_crops(small_faces, fidelity_weight=W)):
         assert MIN_PSNR_DB <= psnr(a, b) < float("inf")
 
 
@@ -228,7 +228,7 @@ def test_compile_unavailable_falls_back_to_eager(monkeypatch, caplog, small_face
     def no_compiler(function):
         raise RuntimeError("Dynamo is not supported on this Python\nsecond line")
 
-    expected = small_restorer("fp32").restore(small_faces[:1], fidelity_weight=W)
+    expected = small_restorer("fp32").restore_crops(small_faces[:1], fidelity_weight=W)
     monkeypatch.setattr(torch, "compile", no_compiler)
     with caplog.at_level(logging.WARNING, logger="codeformer.restorer"):
         restorer = small_restorer("fp32", compile=True)
@@ -238,7 +238,7 @@ def test_compile_unavailable_falls_back_to_eager(monkeypatch, caplog, small_face
         "torch.compile failed (RuntimeError: Dynamo is not supported on this Python second line); "
         "running the network uncompiled"
     ]
-    np.testing.assert_array_equal(restorer.restore(small_faces[:1], fidelity_weight=W)[0], expected[0])
+    np.testing.assert_array_equal(restorer.restore_crops(small_faces[:1], fidelity_weight=W)[0], expected[0])
 
 
 def test_compile_failing_on_first_call_falls_back_once(monkeypatch, caplog, small_faces):
@@ -251,12 +251,12 @@ def test_compile_failing_on_first_call_falls_back_once(monkeypatch, caplog, smal
 
         return compiled
 
-    expected = small_restorer("fp32").restore(small_faces[:2], fidelity_weight=W, batch_size=1)
+    expected = small_restorer("fp32").restore_crops(small_faces[:2], fidelity_weight=W, batch_size=1)
     monkeypatch.setattr(torch, "compile", broken_compile)
     restorer = small_restorer("fp32", compile=True)
     assert restorer.compiled  # nothing has failed yet
     with caplog.at_level(logging.WARNING, logger="codeformer.restorer"):
-        restored = restorer.restore(small_faces[:2], fidelity_weight=W, batch_size=1)
+        restored = restorer.restore_crops(small_faces[:2], fidelity_weight=W, batch_size=1)
     assert not restorer.compiled and calls == [3]  # tried once, then eager for good
     assert sum("C++ compiler not found" in r.getMessage() for r in caplog.records) == 1
     for got, want in zip(restored, expected):
@@ -274,7 +274,7 @@ def test_compile_wraps_the_generator(monkeypatch, small_faces):
     restorer = small_restorer("bf16", compile=True)
     assert restorer.compiled and restorer.describe().endswith(", compiled")
     assert compiled == [restorer.net.decode]
-    assert len(restorer.restore(small_faces[:1], fidelity_weight=W)) == 1
+    assert len(restorer.restore_crops(small_faces[:1], fidelity_weight=W)) == 1
 
 
 # ------------------------------------------------------------------ process settings (CLI opt-in)

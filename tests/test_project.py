@@ -62,3 +62,15 @@ def test_library_code_does_not_print() -> None:
 def test_sample_inputs_exist() -> None:
     for folder in ("whole_imgs", "cropped_faces", "gray_faces", "masked_faces"):
         assert any((REPO / "inputs" / folder).iterdir()), f"inputs/{folder} is empty"
+
+
+def test_the_readme_setup_installs_the_package_and_its_command() -> None:
+    # `pip install -r requirements.txt` (the README's set-up) must give `codeformer ...` and `import codeformer`.
+    requirements = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert "-e ." in requirements
+    setup = (REPO / "setup.py").read_text(encoding="utf-8")
+    assert '"console_scripts": ["codeformer=codeformer.cli:main"]' in setup
+    from importlib.metadata import entry_points
+
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts.get("codeformer") == "codeformer.cli:main"  # what the set-up installed here

@@ -24,14 +24,16 @@ import numpy as np
 import pytest
 import torch
 
-from codeformer.batch import describe_failure
+from codeformer.jobs.loop import describe_failure
 from codeformer.cli import restore_main
-from codeformer.cluster import Folder, list_pictures, restore_pictures_on_ray, restore_video_on_ray
-from codeformer.cluster.ledger import REPORT_NAME
-from codeformer.cluster.session import Workers, init_local_ray
+from codeformer.jobs import list_pictures
+from codeformer.jobs.ray import restore_pictures_on_ray, restore_video_on_ray
+from codeformer.jobs.storage import Folder
+from codeformer.jobs.ray.ledger import REPORT_NAME
+from codeformer.jobs.ray.session import Workers, init_local_ray
 from codeformer.precision import SINGLE_ARENA_ENV
-from codeformer.cluster.video import FrameIndex, index_frames, plan_segments
-from codeformer.runs import restore_aligned_files, restore_picture_files
+from codeformer.jobs.ray.video import FrameIndex, index_frames, plan_segments
+from codeformer.jobs.local import restore_aligned_files, restore_picture_files
 from test_pipeline import FakeDetector, picture, small_pipeline
 from video_factory import make_clip
 
@@ -208,7 +210,7 @@ def test_resume_schedules_nothing_when_every_result_exists(ray_run, pictures: Pa
     def no_scheduling(*args, **kwargs):
         raise AssertionError("work was scheduled")
 
-    monkeypatch.setattr("codeformer.cluster.pictures.run_dataset", no_scheduling)
+    monkeypatch.setattr("codeformer.jobs.ray.pictures.run_dataset", no_scheduling)
     inputs, _ = list_pictures(str(pictures))
     report = restore_pictures_on_ray(SmallRecipe(), [p for p in inputs if "corrupt" not in p], str(out), suffix="r",
                                      extension="auto", workers=TWO_WORKERS, progress=False)
@@ -252,7 +254,7 @@ def test_ray_missing_is_one_line_that_says_what_to_install(pictures: Path, tmp_p
 
 def test_the_read_stage_returns_bytes_or_the_line_that_says_why_not(pictures: Path, tmp_path: Path) -> None:
     """Ray Data's read stage, on its own: a file gone since listing is a failure line, not a lost chunk."""
-    from codeformer.cluster.pictures import PictureJob, _Item, _read_chunk
+    from codeformer.jobs.ray.pictures import PictureJob, _Item, _read_chunk
 
     present = str(pictures / "colour.png")
     items = (_Item(present, "a", "a.png"), _Item(str(tmp_path / "gone.png"), "gone", "gone.png"))
@@ -272,14 +274,14 @@ def test_the_read_stage_returns_bytes_or_the_line_that_says_why_not(pictures: Pa
     ({"CPU": 2, "memory": 2**30}, None, None, "auto", Workers(1, 1, 0)),  # never none
 ])
 def test_the_default_pool_fits_the_cluster(resources, count, cpus, device, expected, monkeypatch) -> None:
-    from codeformer.cluster.session import plan_workers
+    from codeformer.jobs.ray.session import plan_workers
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     assert plan_workers(count, cpus, device=device) == expected
 
 
 def test_workers_larger_than_the_cluster_are_refused(monkeypatch) -> None:
-    from codeformer.cluster.session import plan_workers
+    from codeformer.jobs.ray.session import plan_workers
     from codeformer.errors import CodeFormerError
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2, "memory": 2**34})
@@ -376,13 +378,13 @@ def test_video_in_two_segments_keeps_frames_timing_and_audio(local_ray: None, ke
 @pytest.fixture(scope="module")
 def light_weights(tmp_path_factory: pytest.TempPathFactory, restoration_weights: Path) -> Path:
     """CodeFormer and a RetinaFace MobileNet that finds no face: the command line's cheapest whole-picture run."""
-    from codeformer.face.detection import _build_retinaface
+    from codeformer.face.retinaface import build_retinaface
 
     root = tmp_path_factory.mktemp("light_weights")
     (root / "CodeFormer").mkdir()
     os.link(restoration_weights / "CodeFormer" / "codeformer.pth", root / "CodeFormer" / "codeformer.pth")
     torch.manual_seed(0)
-    state = _build_retinaface("mobile0.25", torch.device("cpu")).state_dict()
+    state = build_retinaface("mobile0.25", torch.device("cpu")).state_dict()
     for head in range(3):  # (background, face) logits of 2 anchors: always background
         state[f"ClassHead.{head}.conv1x1.weight"].zero_()
         state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))

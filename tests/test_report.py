@@ -12,8 +12,8 @@ pytest.importorskip("dlib")  # identity distances come from dlib's face-recognit
 
 from codeformer.face.identity import load_face_embedder  # noqa: E402
 from codeformer.imageio import write_image  # noqa: E402
-from codeformer.report import REPORT_NAME, FaceReport  # noqa: E402
-from codeformer.runs import restore_picture_files  # noqa: E402
+from codeformer.jobs.report import REPORT_NAME, FaceReport  # noqa: E402
+from codeformer.jobs.local import restore_picture_files  # noqa: E402
 from test_pipeline import picture  # noqa: E402
 
 FACE_KEYS = {"number", "track", "box", "landmarks", "score", "restored", "reason", "detected", "identity_distance"}
@@ -67,7 +67,7 @@ def test_a_resumed_run_keeps_earlier_entries(pipe, tmp_path: Path) -> None:
 
 
 def test_a_video_report_has_frames_and_tracks(pipe, tmp_path: Path) -> None:
-    from codeformer.runs import restore_video_file
+    from codeformer.jobs.local import restore_video_file
     from video_factory import make_clip
 
     clip = make_clip(tmp_path / "clip.mp4", frames=5, size=(640, 520), audio=None)

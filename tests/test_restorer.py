@@ -116,7 +116,7 @@ def crops() -> list[np.ndarray]:
 
 def test_restore_keeps_shape_dtype_and_order(small_restorer, crops):
     a, b = crops
-    restored = small_restorer.restore([a, b, a], fidelity_weight=0.7, batch_size=2)  # batches [a, b], [a]
+    restored = small_restorer.restore_crops([a, b, a], fidelity_weight=0.7, batch_size=2)  # batches [a, b], [a]
     assert len(restored) == 3
     for r in restored:
         assert r.dtype == np.uint8 and r.shape == (SMALL_SIDE, SMALL_SIDE, 3) and r.flags.c_contiguous
@@ -131,9 +131,9 @@ def test_restore_keeps_shape_dtype_and_order(small_restorer, crops):
 
 
 def test_restore_options_change_the_result(small_restorer, crops):
-    base = small_restorer.restore(crops[:1], fidelity_weight=0.0)[0]
-    assert not np.array_equal(base, small_restorer.restore(crops[:1], fidelity_weight=1.0)[0])
-    assert not np.array_equal(base, small_restorer.restore(crops[:1], fidelity_weight=0.0, adain=False)[0])
+    base = small_restorer.restore_crops(crops[:1], fidelity_weight=0.0)[0]
+    assert not np.array_equal(base, small_restorer.restore_crops(crops[:1], fidelity_weight=1.0)[0])
+    assert not np.array_equal(base, small_restorer.restore_crops(crops[:1], fidelity_weight=0.0, adain=False)[0])
 
 
 def test_predict_codes(small_restorer, crops):
@@ -146,7 +146,7 @@ def test_predict_codes(small_restorer, crops):
 
 
 def test_restore_nothing(small_restorer):
-    assert small_restorer.restore([], fidelity_weight=0.5) == []
+    assert small_restorer.restore_crops([], fidelity_weight=0.5) == []
 
 
 @pytest.mark.parametrize(
@@ -163,18 +163,18 @@ def test_restore_nothing(small_restorer):
 def test_restore_refuses_wrong_crops(small_restorer, crops, bad):
     expected = rf"face crop 1 must be a \({SMALL_SIDE}, {SMALL_SIDE}, 3\) uint8 BGR array"
     with pytest.raises(ValueError, match=expected):
-        small_restorer.restore([crops[0], bad], fidelity_weight=0.5)
+        small_restorer.restore_crops([crops[0], bad], fidelity_weight=0.5)
 
 
 @pytest.mark.parametrize("w", [-0.1, 1.5, float("nan")])
 def test_restore_refuses_w_outside_unit_interval(small_restorer, crops, w):
     with pytest.raises(CodeFormerError, match="outside \\[0, 1\\]"):
-        small_restorer.restore(crops, fidelity_weight=w)
+        small_restorer.restore_crops(crops, fidelity_weight=w)
 
 
 def test_restore_refuses_empty_batches(small_restorer, crops):
     with pytest.raises(CodeFormerError, match="batch size 0 must be at least 1"):
-        small_restorer.restore(crops, fidelity_weight=0.5, batch_size=0)
+        small_restorer.restore_crops(crops, fidelity_weight=0.5, batch_size=0)
 
 
 # ---------------------------------------------------------------- from a file
@@ -186,11 +186,11 @@ def test_from_file_restores_official_size_crops(tmp_path_factory):
     assert restorer.image_size == 512 and restorer.device == torch.device("cpu")
     assert restorer.net.config == CodeFormerConfig()
     crop = smooth_crop(20, 512)
-    (restored,) = restorer.restore([crop], fidelity_weight=0.5)
+    (restored,) = restorer.restore_crops([crop], fidelity_weight=0.5)
     assert restored.shape == (512, 512, 3) and restored.dtype == np.uint8
     assert restored.std() > 10  # a picture, not a flat field
     with pytest.raises(ValueError, match=r"\(512, 512, 3\)"):
-        restorer.restore([smooth_crop(20, SMALL_SIDE)], fidelity_weight=0.5)
+        restorer.restore_crops([smooth_crop(20, SMALL_SIDE)], fidelity_weight=0.5)
 
 
 def test_from_file_refuses_a_foreign_checkpoint(tmp_path):

@@ -95,7 +95,7 @@ def _two_people(astronaut_bgr: np.ndarray) -> np.ndarray:
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("dlib"), reason="needs dlib")
 def test_reference_face_restores_only_that_person(astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
-    from codeformer.face.detection import load_detector
+    from codeformer.registry import load_detector
     from codeformer.imageio import write_image
     from test_pipeline import small_pipeline
 

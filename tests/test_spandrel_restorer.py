@@ -85,13 +85,13 @@ def crops() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def single(gfpgan: SpandrelRestorer, crops: list[np.ndarray]) -> np.ndarray:
     """The first crop restored on its own."""
-    return gfpgan.restore(crops[:1])[0]
+    return gfpgan.restore_crops(crops[:1])[0]
 
 
 @pytest.fixture(scope="module")
 def batched(gfpgan: SpandrelRestorer, crops: list[np.ndarray]) -> list[np.ndarray]:
     """Both crops restored in one batch."""
-    return gfpgan.restore(crops, batch_size=2)
+    return gfpgan.restore_crops(crops, batch_size=2)
 
 
 # ------------------------------------------------------------------ GFPGAN
@@ -124,7 +124,7 @@ def test_restored_crops_are_bgr_uint8_and_follow_the_input(
 def test_restoration_is_deterministic(gfpgan: SpandrelRestorer, crops: list[np.ndarray], single: np.ndarray):
     decoder_noise = gfpgan.descriptor.model.stylegan_decoder.style_conv1.weight
     assert decoder_noise.item() == NOISE_STRENGTH  # the noise injection is live: random noise would show
-    again = gfpgan.restore(crops[:1])[0]
+    again = gfpgan.restore_crops(crops[:1])[0]
     assert again.tobytes() == single.tobytes()
 
 
@@ -136,16 +136,16 @@ def test_a_batch_restores_like_single_crops(single: np.ndarray, batched: list[np
 
 def test_a_fidelity_weight_is_refused(gfpgan: SpandrelRestorer, crops: list[np.ndarray]):
     with pytest.raises(CodeFormerError) as error:
-        gfpgan.restore(crops[:1], fidelity_weight=0.5)
+        gfpgan.restore_crops(crops[:1], fidelity_weight=0.5)
     assert_one_line(error, "GFPGANv1.4.pth has no fidelity control", "leave the weight out")
 
 
 def test_bad_crops_and_batch_sizes_are_refused(gfpgan: SpandrelRestorer, crops: list[np.ndarray]):
     with pytest.raises(ValueError, match=r"face crop 0 must be a \(512, 512, 3\) uint8"):
-        gfpgan.restore([smooth_crop(3, side=256)])
+        gfpgan.restore_crops([smooth_crop(3, side=256)])
     with pytest.raises(CodeFormerError, match="batch_size 0: must be a whole number"):
-        gfpgan.restore(crops, batch_size=0)
-    assert gfpgan.restore([]) == []
+        gfpgan.restore_crops(crops, batch_size=0)
+    assert gfpgan.restore_crops([]) == []
 
 
 def test_fp16_is_refused_for_gfpgan(gfpgan: SpandrelRestorer):
@@ -198,10 +198,10 @@ def test_restoreformer_runs_without_fidelity_control(tmp_path: Path, monkeypatch
     assert (restorer.architecture, restorer.input_size, restorer.supports_fidelity) == ("RestoreFormer", 512, False)
     assert restorer.precision == "fp32"  # auto never picks bf16 for a network that picks codebook entries
     crop = smooth_crop(4)
-    (restored,) = restorer.restore([crop])
+    (restored,) = restorer.restore_crops([crop])
     assert restored.shape == (SIDE, SIDE, 3) and restored.dtype == np.uint8
     with pytest.raises(CodeFormerError, match="has no fidelity control"):
-        restorer.restore([crop], fidelity_weight=0.0)
+        restorer.restore_crops([crop], fidelity_weight=0.0)
 
 
 # ------------------------------------------------------------------ CodeFormer (optional)
@@ -217,7 +217,7 @@ def test_codeformer_through_spandrel_takes_the_fidelity_weight(
     restorer = SpandrelRestorer.from_file(path, device="cpu")
     assert (restorer.architecture, restorer.input_size, restorer.supports_fidelity) == ("CodeFormer", 512, True)
     with pytest.raises(CodeFormerError, match=r"fidelity_weight 1.5: is outside \[0, 1\]"):
-        restorer.restore([], fidelity_weight=1.5)
+        restorer.restore_crops([], fidelity_weight=1.5)
     # The network itself takes seconds per crop here: what is checked is the weight it is handed. (Its
     # output agrees with the built-in FaceRestorer's on the same file within one level of 255.)
     weights: list[float] = []
@@ -228,8 +228,8 @@ def test_codeformer_through_spandrel_takes_the_fidelity_weight(
 
     monkeypatch.setattr(restorer.descriptor.model, "forward", network)
     crop = smooth_crop(5)
-    assert restorer.restore([crop])[0].tobytes() == crop.tobytes()  # the identity round-trips exactly
-    restorer.restore([crop], fidelity_weight=0.0)
+    assert restorer.restore_crops([crop])[0].tobytes() == crop.tobytes()  # the identity round-trips exactly
+    restorer.restore_crops([crop], fidelity_weight=0.0)
     assert weights == [0.5, 0.0]  # no weight: CodeFormer's default
 
 
@@ -244,7 +244,7 @@ def test_gfpgan_by_name_and_by_path_through_load_pipeline(gfpgan_file: Path, gfp
     (root / "gfpgan").mkdir(parents=True)
     (root / "gfpgan" / "GFPGANv1.4.pth").symlink_to(gfpgan_file)
     crop = smooth_crop(21)
-    expected = gfpgan.restore([crop])[0]
+    expected = gfpgan.restore_crops([crop])[0]
     by_name = codeformer.load_pipeline("gfpgan_v1.4", detector=None, device="cpu", weights_dir=root)
     assert isinstance(by_name.restorer, SpandrelRestorer) and by_name.restorer.name == "gfpgan_v1.4"
     np.testing.assert_array_equal(by_name.restore(crop, has_aligned=True).image, expected)
@@ -264,7 +264,7 @@ def test_model_flag_takes_a_checkpoint_file_end_to_end(gfpgan_file: Path, gfpgan
     out = tmp_path / "out"
     assert restore_main(["--model", str(gfpgan_file), "--has_aligned", "-i", str(tmp_path / "in"), "-o", str(out),
                          "--device", "cpu", "-q"]) == 0
-    np.testing.assert_array_equal(read_image(out / "restored_faces" / "face.png").bgr, gfpgan.restore([crop])[0])
+    np.testing.assert_array_equal(read_image(out / "restored_faces" / "face.png").bgr, gfpgan.restore_crops([crop])[0])
 
 
 def test_a_codeformer_file_given_as_model_loads_as_codeformer(tmp_path: Path) -> None:

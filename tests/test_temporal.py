@@ -10,8 +10,9 @@ import pytest
 from checkpoint_factory import random_codeformer
 from codeformer.face.alignment import FFHQ_TEMPLATE_5
 from codeformer.face.detection import DetectedFace
-from codeformer.face.pipeline import Models, RestoreOptions
-from codeformer.face.temporal import TemporalFaceRestorer
+from codeformer.options import RestoreOptions
+from codeformer.restoration import Models
+from codeformer.temporal import TemporalFaceRestorer
 from codeformer.restorer import FaceRestorer
 from test_pipeline import SMALL_CONFIG, picture
 
@@ -125,14 +126,14 @@ def test_a_processor_that_returns_too_many_frames_is_refused(tmp_path: Path) -> 
 def test_the_benchmark_clip_holds_still_and_keeps_its_face(tmp_path: Path) -> None:
     """A few frames of the flicker benchmark: a real face with noise, shake, a pan and two blurred frames."""
     from benchmarks.bench_temporal import AnchoredRestorer, CachedDetector, flicker, make_clip
-    from codeformer.face.detection import load_detector
-    from codeformer.face.pipeline import restore_pictures
+    from codeformer.registry import load_detector
+    from codeformer.restoration import restore_whole_pictures
     from codeformer.imageio import Picture
 
     clip, shifts, blurred = make_clip(6, pan=0.5)
     models = Models(AnchoredRestorer(), CachedDetector(load_detector("dlib", device="cpu")), batch_size=4)
     options = RestoreOptions(upscale=1)
-    per_frame = restore_pictures([Picture(frame, None, 3) for frame in clip], models, options)
+    per_frame = restore_whole_pictures([Picture(frame, None, 3) for frame in clip], models, options)
     assert [i for i, result in enumerate(per_frame) if not result.faces] == blurred  # the detector misses them
     unrestored: list[int] = []
     processor = TemporalFaceRestorer(models, options, on_frame=lambda i, r: unrestored.append(i) if not r.faces else None)

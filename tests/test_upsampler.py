@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from codeformer.errors import CodeFormerError
+from codeformer.registry import load_model
 from codeformer.upsampler import Upsampler, load_upsampler, tile_grid
 from upsampler_factory import (
     SMALL_FEAT, X2PLUS_BLOCKS, X2PLUS_FEAT, X2PLUS_UNSHUFFLE, random_state_dict, rrdbnet_layout,
@@ -79,7 +80,7 @@ def test_official_layout_matches_spec() -> None:
 
 
 def test_registry_name_loads_official_file_and_matches_plain_inference(models: dict[str, Path]) -> None:
-    upsampler = load_upsampler("realesrgan", device=torch.device("cpu"), tile=0, weights_dir=models["weights_dir"])
+    upsampler = load_model("realesrgan", "upsampler", device="cpu", tile=0, weights_dir=models["weights_dir"])
     assert upsampler.scale == 2
     assert sum(p.numel() for p in upsampler.descriptor.model.parameters()) == X2PLUS_NUM_PARAMS
     assert upsampler.describe() == "ESRGAN x2 (64nf, 23nb, unshuffle), fp32, untiled, cpu"
@@ -281,7 +282,7 @@ def test_text_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(CodeFormerError, match="neither 'realesrgan' nor an existing file"):
+    with pytest.raises(CodeFormerError, match="upsampler model .*missing.pth' does not exist: check the path"):
         load_upsampler(tmp_path / "missing.pth", device="cpu")
 
 

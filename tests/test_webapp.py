@@ -30,6 +30,7 @@ import gradio as gr  # noqa: E402
 from checkpoint_factory import random_codeformer  # noqa: E402
 
 from codeformer import webapp  # noqa: E402
+from codeformer.webapp import page as webpage  # noqa: E402
 from codeformer.archs import CodeFormer, CodeFormerConfig  # noqa: E402
 from codeformer.errors import CodeFormerError  # noqa: E402
 from codeformer.face.alignment import FFHQ_TEMPLATE_5  # noqa: E402
@@ -37,7 +38,8 @@ from codeformer.face.detection import DetectedFace  # noqa: E402
 from codeformer.pipeline import Pipeline  # noqa: E402
 from codeformer.registry import model_spec  # noqa: E402
 from codeformer.restorer import FaceRestorer  # noqa: E402
-from codeformer.webapp import PictureOptions, PipelineCache, PipelineChoice  # noqa: E402
+from codeformer.options import LoadOptions  # noqa: E402
+from codeformer.webapp import PipelineCache  # noqa: E402
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -91,13 +93,13 @@ def small_network() -> CodeFormer:
 
 
 class SmallFactory:
-    """Builds pipelines of small random networks, as :func:`webapp.pipeline_loader` builds real ones."""
+    """Builds pipelines of small random networks, as :func:`codeformer.load_pipeline` builds real ones."""
 
     def __init__(self, centres: tuple[tuple[float, float], ...] = ONE_FACE) -> None:
         self.centres = centres
-        self.choices: list[PipelineChoice] = []
+        self.choices: list[LoadOptions] = []
 
-    def __call__(self, choice: PipelineChoice) -> Pipeline:
+    def __call__(self, choice: LoadOptions) -> Pipeline:
         self.choices.append(choice)
         spec = model_spec(choice.model, "restorer")
         # As the registry builds them: colorization pinned at w=0, inpainting at w=1 without AdaIN; models
@@ -107,6 +109,11 @@ class SmallFactory:
                                 adain=spec.task != "inpaint")
         detector = FakeDetector(self.centres) if choice.detector is not None and spec.task == "restore" else None
         return Pipeline(spec, restorer, detector=detector)
+
+
+def ask(**values) -> webapp.PageRequest:
+    """What the Restore tab (or the API) sends with these widget values, for a server with default settings."""
+    return webapp.page_request(LoadOptions(), **values)
 
 
 def smooth_picture(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -156,7 +163,7 @@ def test_restore_keeps_size_depth_and_alpha_in_the_download(tmp_path: Path) -> N
     bgr16 = smooth_picture(200, 160).astype(np.uint16) * 257
     alpha = np.full((160, 200), 40_000, np.uint16)
     upload = save_png(tmp_path / "family photo.png", np.dstack([bgr16, alpha]))
-    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(fidelity_weight=0.7, upscale=2),
+    outcome = webapp.restore_uploads(cache, [upload], ask(fidelity_weight=0.7, upscale=2),
                                      tmp_path / "out")
     (result,) = outcome.results
     download = cv2.imread(str(result.download), cv2.IMREAD_UNCHANGED)
@@ -174,18 +181,18 @@ def test_restore_keeps_size_depth_and_alpha_in_the_download(tmp_path: Path) -> N
 def test_face_choices_restore_only_the_chosen_faces(tmp_path: Path) -> None:
     cache = PipelineCache(SmallFactory(TWO_FACES))
     upload = save_png(tmp_path / "pair.png", smooth_picture(200, 160))
-    for options, count in ((PictureOptions(upscale=1, face_index="1"), 1), (PictureOptions(upscale=1, largest_face=True), 1),
-                           (PictureOptions(upscale=1, min_face_size=10_000), 0), (PictureOptions(upscale=1), 2)):
-        outcome = webapp.restore_uploads(cache, [upload], options, tmp_path / f"out{count}{options.face_index}")
+    for options, count in ((ask(upscale=1, face_index="1"), 1), (ask(upscale=1, largest_face=True), 1),
+                           (ask(upscale=1, min_face_size=10_000), 0), (ask(upscale=1), 2)):
+        outcome = webapp.restore_uploads(cache, [upload], options, tmp_path / f"out{count}{options.restore.face_index}")
         assert outcome.results[0].faces == count, options
     with pytest.raises(CodeFormerError) as caught:
-        webapp.restore_uploads(cache, [upload], PictureOptions(face_index="one"), tmp_path / "bad")
-    assert webapp._phrase(caught.value).startswith("Only these faces one: face numbers from 0")
+        webapp.restore_uploads(cache, [upload], ask(face_index="one"), tmp_path / "bad")
+    assert webapp.phrase(caught.value).startswith("Only these faces one: face numbers from 0")
 
 
 def test_aligned_faces_come_back_at_the_networks_size(cache: PipelineCache, tmp_path: Path) -> None:
     upload = save_png(tmp_path / "crop.png", face_picture(SIDE))
-    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(has_aligned=True, upscale=4), tmp_path / "o")
+    outcome = webapp.restore_uploads(cache, [upload], ask(has_aligned=True, upscale=4), tmp_path / "o")
     assert cv2.imread(str(outcome.results[0].download)).shape == (SIDE, SIDE, 3)
     assert len(outcome.faces) == 1 and outcome.notes == ()
 
@@ -197,7 +204,7 @@ def test_several_pictures_go_on_past_a_bad_one(cache: PipelineCache, tmp_path: P
     second = save_png(tmp_path / "b" / "same.png", smooth_picture(160, 120, seed=2))
     bad = tmp_path / "notes.png"
     bad.write_text("not a picture")
-    outcome = webapp.restore_uploads(cache, [first, bad, second], PictureOptions(upscale=1), tmp_path / "out")
+    outcome = webapp.restore_uploads(cache, [first, bad, second], ask(upscale=1), tmp_path / "out")
     assert [result.name for result in outcome.results] == ["same.png", "same.png"]
     assert len({result.download for result in outcome.results}) == 2  # same names, distinct downloads
     assert outcome.notes == ("notes.png: not a readable picture (corrupt, truncated or unsupported format)",)
@@ -231,12 +238,12 @@ def test_bad_uploads_are_one_readable_line(kind: str, message: str, cache: Pipel
                                            factory: SmallFactory) -> None:
     upload = _bad_upload(kind, tmp_path)
     with pytest.raises(CodeFormerError) as caught:
-        webapp.restore_uploads(cache, [upload], PictureOptions(), tmp_path / "out")
-    assert webapp._phrase(caught.value) == message
+        webapp.restore_uploads(cache, [upload], ask(), tmp_path / "out")
+    assert webapp.phrase(caught.value) == message
     # What the page gets: that line as a Gradio error, not a traceback.
-    page_handler = webapp._shown_in_page(webapp.restore_uploads)
+    page_handler = webpage.shown_in_page(webapp.restore_uploads)
     with pytest.raises(gr.Error) as shown:
-        page_handler(cache, [upload], PictureOptions(), tmp_path / "out")
+        page_handler(cache, [upload], ask(), tmp_path / "out")
     assert shown.value.message == message and not shown.value.print_exception and shown.value.duration is None
     assert factory.choices == []  # refused before any network was loaded
 
@@ -245,19 +252,19 @@ def test_an_output_over_the_limit_is_refused_before_any_work(cache: PipelineCach
                                                              factory: SmallFactory) -> None:
     upload = save_png(tmp_path / "wide.png", smooth_picture(200, 100))
     with pytest.raises(CodeFormerError) as caught:
-        webapp.restore_uploads(cache, [upload], PictureOptions(upscale=4), tmp_path / "out", max_pixels=100_000)
-    assert webapp._phrase(caught.value) == (
+        webapp.restore_uploads(cache, [upload], ask(upscale=4, max_pixels=100_000), tmp_path / "out")
+    assert webapp.phrase(caught.value) == (
         "wide.png: an output of 800x400 pixels (0.3 megapixels) is over the limit of 0.1 megapixels; use a smaller "
         "scale, or raise the limit with codeformer ui --max_pixels")
     assert factory.choices == []
-    assert webapp.restore_uploads(cache, [upload], PictureOptions(upscale=2), tmp_path / "out",
-                                  max_pixels=100_000).results[0].width == 400
+    assert webapp.restore_uploads(cache, [upload], ask(upscale=2, max_pixels=100_000),
+                                  tmp_path / "out").results[0].width == 400
 
 
 def test_models_without_fidelity_control_ignore_the_slider(cache: PipelineCache, tmp_path: Path) -> None:
     upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
     gfpgan = next(name for name in webapp.restoration_models() if not webapp.supports_fidelity(name))
-    outcome = webapp.restore_uploads(cache, [upload], PictureOptions(fidelity_weight=0.7, model=gfpgan, upscale=1),
+    outcome = webapp.restore_uploads(cache, [upload], ask(fidelity_weight=0.7, model=gfpgan, upscale=1),
                                      tmp_path / "o")
     assert outcome.results[0].faces == 1
 
@@ -267,7 +274,7 @@ def test_unexpected_failures_are_one_line_and_logged(caplog: pytest.LogCaptureFi
         raise KeyError("boom")
 
     with pytest.raises(gr.Error) as shown:
-        webapp._shown_in_page(broken)()
+        webpage.shown_in_page(broken)()
     assert shown.value.message == "something went wrong (KeyError); the app's log has the details"
     assert "Traceback" in caplog.text  # the details are in the server's log, not the page
 
@@ -276,26 +283,26 @@ def test_unexpected_failures_are_one_line_and_logged(caplog: pytest.LogCaptureFi
                            "tried to allocate 123456789 bytes")
 
     with pytest.raises(gr.Error) as shown:
-        webapp._shown_in_page(exhausted)()
+        webpage.shown_in_page(exhausted)()
     assert shown.value.message == "out of memory: try a smaller upscale or a smaller picture"
 
 
 def test_pipelines_are_loaded_once_per_choice_and_bounded(tmp_path: Path, factory: SmallFactory) -> None:
     cache = PipelineCache(factory, capacity=2)
     upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
-    webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1), tmp_path / "o")
-    webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1, fidelity_weight=0.9), tmp_path / "o")
+    webapp.restore_uploads(cache, [upload], ask(upscale=1), tmp_path / "o")
+    webapp.restore_uploads(cache, [upload], ask(upscale=1, fidelity_weight=0.9), tmp_path / "o")
     assert cache.loads == 1  # per-call options need no other networks
-    for choice in (PipelineChoice(detector="YOLOv5n"), PipelineChoice("codeformer_colorization", None)):
+    for choice in (LoadOptions(detector="YOLOv5n"), LoadOptions("codeformer_colorization", None)):
         with cache.using(choice):
             pass
     assert cache.loads == 3
     # The least recently used one made room.
-    assert cache.loaded() == (PipelineChoice(detector="YOLOv5n"), PipelineChoice("codeformer_colorization", None))
+    assert cache.loaded() == (LoadOptions(detector="YOLOv5n"), LoadOptions("codeformer_colorization", None))
 
 
 def test_device_work_is_serialised(tmp_path: Path, factory: SmallFactory) -> None:
-    from codeformer.face.pipeline import RestoreResult
+    from codeformer.restoration import RestoreResult
 
     cache = PipelineCache(factory)
     active, most = 0, 0
@@ -312,14 +319,14 @@ def test_device_work_is_serialised(tmp_path: Path, factory: SmallFactory) -> Non
             active -= 1
         return [RestoreResult(picture.bgr, ()) for picture in pictures]
 
-    with cache.using(PipelineChoice()) as pipeline:
+    with cache.using(ask().load) as pipeline:
         pipeline.restore_pictures = counted  # type: ignore[method-assign]
     upload = save_png(tmp_path / "p.png", smooth_picture(160, 120))
     errors: list[BaseException] = []
 
     def request(index: int) -> None:
         try:
-            webapp.restore_uploads(cache, [upload], PictureOptions(upscale=1), tmp_path / f"o{index}")
+            webapp.restore_uploads(cache, [upload], ask(upscale=1), tmp_path / f"o{index}")
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -369,7 +376,7 @@ def test_video_keeps_frames_and_audio_and_reports_progress(cache: PipelineCache,
 
     clip = make_clip(tmp_path / "holiday.mp4", frames=3, fps=10.0, size=(96, 64), audio="aac")
     seen: list[float] = []
-    outcome = webapp.restore_video_upload(cache, clip, PictureOptions(upscale=2), tmp_path / "out",
+    outcome = webapp.restore_video_upload(cache, clip, ask(upscale=2), tmp_path / "out",
                                           progress=lambda fraction, _: seen.append(fraction))
     info = probe_video(outcome.path)
     assert (info.width, info.height, info.frame_count, info.has_audio) == (192, 128, 3, True)
@@ -377,18 +384,18 @@ def test_video_keeps_frames_and_audio_and_reports_progress(cache: PipelineCache,
     assert outcome.message.startswith("holiday.mp4 restored: 3 frames at 192x128, audio kept (1 track)")
     not_video = save_png(tmp_path / "still.png", smooth_picture(64, 64))
     with pytest.raises(CodeFormerError, match=r"^still.png: not a video this app reads \(.mp4, .mov"):
-        webapp.restore_video_upload(cache, not_video, PictureOptions(), tmp_path / "out")
+        webapp.restore_video_upload(cache, not_video, ask(), tmp_path / "out")
 
 
 def test_bad_option_values_name_the_pages_controls(cache: PipelineCache, tmp_path: Path) -> None:
     upload = save_png(tmp_path / "p.png", smooth_picture(64, 64))
     with pytest.raises(CodeFormerError) as caught:
-        webapp.restore_uploads(cache, [upload], PictureOptions(upscale=2.5), tmp_path / "o")  # type: ignore[arg-type]
-    assert webapp._phrase(caught.value) == "Upscale 2.5: must be a whole number from 1 to 4"
+        webapp.restore_uploads(cache, [upload], ask(upscale=2.5), tmp_path / "o")  # type: ignore[arg-type]
+    assert webapp.phrase(caught.value) == "Upscale 2.5: must be a whole number from 1 to 4"
     with pytest.raises(CodeFormerError, match="unknown face detector 'bogus'; choose one of: retinaface_resnet50"):
-        webapp.restore_uploads(cache, [upload], PictureOptions(detector="bogus"), tmp_path / "o")
+        webapp.restore_uploads(cache, [upload], ask(detector="bogus"), tmp_path / "o")
     with pytest.raises(CodeFormerError, match="^upload a picture first$"):
-        webapp.restore_uploads(cache, [], PictureOptions(), tmp_path / "o")
+        webapp.restore_uploads(cache, [], ask(), tmp_path / "o")
 
 
 def test_ui_command_prints_the_address_and_serves(monkeypatch: pytest.MonkeyPatch,

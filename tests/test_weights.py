@@ -238,7 +238,9 @@ def test_download_script_verify_and_offline(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setenv(weights.WEIGHTS_MIRROR_ENV, "http://127.0.0.1:9")
     assert download_main(["CodeFormer/vqgan_code1024.pth", "--weights_dir", str(tmp_path), "-q"]) == 1
-    assert "cannot download vqgan_code1024.pth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 pretrained file is missing and cannot be downloaded here" in err
+    assert f"{weights.WEIGHTS['CodeFormer/vqgan_code1024.pth'].url} -> {tmp_path / 'CodeFormer/vqgan_code1024.pth'}" in err
     assert download_main(["all", "--verify", "--weights_dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "BAD  CodeFormer/codeformer.pth: missing" in out
@@ -253,3 +255,113 @@ def test_download_shows_a_progress_bar_sized_from_the_server(server: _Server, tm
                           sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=True, timeout=5)
     bar = capsys.readouterr().err
     assert "model.pth" in bar and "/1.00M" in bar  # named, and sized from Content-Length
+
+
+# ------------------------------------------------------------------------------------------ files in place
+
+
+def _fake_entry(monkeypatch: pytest.MonkeyPatch, key: str, payload: bytes, *, published: bool = True) -> weights.WeightFile:
+    """A table entry for ``key`` whose published file is ``payload`` (sha256 None: not published)."""
+    entry = weights.WEIGHTS[key]
+    fake = weights.WeightFile(key, entry.url, hashlib.sha256(payload).hexdigest() if published else None,
+                              len(payload), entry.license, entry.description)
+    monkeypatch.setattr(weights, "WEIGHTS", {**weights.WEIGHTS, key: fake})
+    return fake
+
+
+def test_a_file_in_place_is_hashed_once_and_a_mismatch_warned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    key = "facelib/parsing_parsenet.pth"
+    _fake_entry(monkeypatch, key, PAYLOAD)
+    path = tmp_path / key
+    path.parent.mkdir(parents=True)
+    path.write_bytes(PAYLOAD[::-1])  # same size, other bytes: a user's own fine-tuned file, say
+    hashed = []
+    real_sha256 = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(p) or real_sha256(p))
+    with caplog.at_level("WARNING", logger="codeformer.weights"):
+        assert weights.weight_path(key, tmp_path) == path  # used, as it is
+        assert weights.weight_path(key, tmp_path) == path
+    assert len(hashed) == 1  # remembered against size and modification time
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert str(path) in warning and "does not match the published sha256" in warning
+    assert f"{weights.DOWNLOAD_COMMAND} {key}" in warning
+    path.write_bytes(PAYLOAD)  # replaced by the real file: checked again, and quiet
+    caplog.clear()
+    assert weights.weight_path(key, tmp_path) == path
+    assert len(hashed) == 2 and caplog.records == []
+
+
+def test_a_truncated_file_in_place_is_refused_with_the_command_to_fetch_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "facelib/parsing_parsenet.pth"
+    _fake_entry(monkeypatch, key, PAYLOAD)
+    path = tmp_path / key
+    path.parent.mkdir(parents=True)
+    path.write_bytes(PAYLOAD[:1000])
+    with pytest.raises(CodeFormerError) as caught:
+        weights.weight_path(key, tmp_path)
+    assert str(caught.value) == (f"{path} is incomplete (1000 of {len(PAYLOAD)} bytes): delete it and fetch it again "
+                                 f"with {weights.DOWNLOAD_COMMAND} {key}")
+
+
+def test_a_file_without_a_published_hash_is_checked_against_its_first_download(
+        server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    key = "facelib/parsing_parsenet.pth"
+    entry = _fake_entry(monkeypatch, key, PAYLOAD, published=False)
+    monkeypatch.setenv(weights.WEIGHTS_MIRROR_ENV, server.url)
+    server.routes["/" + key] = ("ok", PAYLOAD)
+    path = weights.weight_path(key, tmp_path, progress=False)
+    assert (tmp_path / (key + weights.RECORD_SUFFIX)).read_text().strip() == hashlib.sha256(PAYLOAD).hexdigest()
+    assert weights.verify_weight(entry, tmp_path).detail == "ok (first download sha256)"
+    path.write_bytes(PAYLOAD[::-1])
+    with caplog.at_level("WARNING", logger="codeformer.weights"):
+        weights.weight_path(key, tmp_path)
+    assert "does not match the first download sha256" in caplog.text
+    assert "does not match the first download" in weights.verify_weight(entry, tmp_path).detail
+
+
+def test_every_missing_file_is_listed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(weights.WEIGHTS_MIRROR_ENV, "http://127.0.0.1:9")  # refuses: as without a network
+    keys = ["CodeFormer/codeformer.pth", "facelib/detection_Resnet50_Final.pth", "facelib/parsing_parsenet.pth"]
+    (tmp_path / "facelib").mkdir()
+    torch.save({"w": torch.ones(1)}, tmp_path / "facelib/parsing_parsenet.pth")  # this one is here
+    with pytest.raises(weights.MissingWeightsError) as caught:
+        weights.ensure_weights(keys, tmp_path, progress=False)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("2 pretrained files are missing and cannot be downloaded here (")
+    for key in keys[:2]:
+        entry = weights.WEIGHTS[key]
+        assert f"  {entry.url} -> {tmp_path / key} ({entry.size / 1e6:.1f} MB)" in lines
+    assert lines[-1].startswith(f"fetch them on a machine with internet with `{weights.DOWNLOAD_COMMAND} CodeFormer "
+                                "facelib`")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["facelib", "parsing_parsenet.pth"]  # nothing half-done
+
+
+def test_the_command_lists_every_missing_file_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import restore_main
+
+    monkeypatch.setenv(weights.WEIGHTS_MIRROR_ENV, "http://127.0.0.1:9")
+    code = restore_main(["-i", str(Path(__file__).parents[1] / "inputs" / "whole_imgs"), "-o", str(tmp_path / "out"),
+                         "--weights_dir", str(tmp_path / "empty"), "--bg_upsampler", "realesrgan", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: 4 pretrained files are missing and cannot be downloaded here")
+    for key in ("CodeFormer/codeformer.pth", "facelib/detection_Resnet50_Final.pth", "facelib/parsing_parsenet.pth",
+                "realesrgan/RealESRGAN_x2plus.pth"):
+        assert str(tmp_path / "empty" / key) in err
+    assert f"`{weights.DOWNLOAD_COMMAND} CodeFormer facelib realesrgan`" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_without_network_lists_every_missing_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import download_main
+
+    monkeypatch.setenv(weights.WEIGHTS_MIRROR_ENV, "http://127.0.0.1:9")
+    started = time.monotonic()
+    assert download_main(["CodeFormer", "--weights_dir", str(tmp_path), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("pretrained files are missing") == 1
+    assert all(str(tmp_path / key) in err for key in weights.WEIGHTS if key.startswith("CodeFormer/"))
+    assert time.monotonic() - started < 10  # one failed connection, not one per file

@@ -17,18 +17,19 @@ from torch import nn
 from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import FFHQ_TEMPLATE_5
 from codeformer.face.detection import DetectedFace, eye_distance, find_faces, find_faces_in_frames
-from codeformer.face.pipeline import Models, RestoreOptions, plan_faces, working_image
+from codeformer.registry import load_detector
+from codeformer.options import RestoreOptions
+from codeformer.restoration import Models, plan_faces, working_image
 from codeformer.imageio import Picture
 from codeformer.face.yolov5face import (
     ANCHORS,
     STRIDES,
-    YOLOV5FACE_NAMES,
+    YOLOV5FACE_VARIANTS,
     YOLOv5Face,
     YOLOv5FaceDetector,
     build_yolov5face,
     decode_outputs,
     letterbox,
-    load_yolov5face,
     scale_to_picture,
     select_faces,
     to_reference_pixels,
@@ -73,7 +74,7 @@ def _save_official(name: str, weights_dir: Path, *, seed: int = 0) -> dict[str, 
 # Layout and loading
 
 
-@pytest.mark.parametrize("name", YOLOV5FACE_NAMES)
+@pytest.mark.parametrize("name", YOLOV5FACE_VARIANTS)
 def test_random_network_has_the_official_layout(name: str, spec: dict[str, dict[str, list[int]]]) -> None:
     expected = spec[OFFICIAL_FILES[name]]
     got = {key: list(value.shape) for key, value in build_yolov5face(name).state_dict().items()}
@@ -98,10 +99,10 @@ def test_levels_have_the_reference_strides_and_forward_decodes_them() -> None:
         network(torch.rand(1, 3, 64, 80))
 
 
-@pytest.mark.parametrize("name", YOLOV5FACE_NAMES)
+@pytest.mark.parametrize("name", YOLOV5FACE_VARIANTS)
 def test_official_layout_loads_strictly(name: str, tmp_path: Path) -> None:
     saved = _save_official(name, tmp_path)
-    detector = load_yolov5face(name, device=torch.device("cpu"), weights_dir=tmp_path)
+    detector = load_detector(name, device="cpu", weights_dir=tmp_path)
     assert detector.name == name and detector.template_name == "ffhq"
     assert isinstance(detector.network, YOLOv5Face) and not detector.network.training
     assert detector.device == torch.device("cpu")
@@ -116,24 +117,24 @@ def test_a_missing_or_misshapen_tensor_gives_a_one_line_error(tmp_path: Path) ->
     del broken["model.21.m.2.bias"]
     torch.save(broken, path)
     with pytest.raises(CodeFormerError, match=r"is not a YOLOv5-face \(YOLOv5n\) checkpoint.*delete it") as raised:
-        load_yolov5face("YOLOv5n", device=torch.device("cpu"), weights_dir=tmp_path)
+        load_detector("YOLOv5n", device="cpu", weights_dir=tmp_path)
     assert "\n" not in str(raised.value)
 
     broken = dict(state, **{"model.21.m.2.bias": torch.zeros(47)})
     torch.save(broken, path)
     with pytest.raises(CodeFormerError, match=r"is not a YOLOv5-face \(YOLOv5n\) checkpoint") as raised:
-        load_yolov5face("YOLOv5n", device=torch.device("cpu"), weights_dir=tmp_path)
+        load_detector("YOLOv5n", device="cpu", weights_dir=tmp_path)
     assert "\n" not in str(raised.value)
 
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CodeFormerError, match=r"cannot read checkpoint") as raised:
-        load_yolov5face("YOLOv5n", device=torch.device("cpu"), weights_dir=tmp_path)
+        load_detector("YOLOv5n", device="cpu", weights_dir=tmp_path)
     assert "\n" not in str(raised.value)
 
 
 def test_unknown_name_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(CodeFormerError) as raised:
-        load_yolov5face("YOLOv5s", device=torch.device("cpu"), weights_dir=tmp_path)
+        load_detector("YOLOv5s", device="cpu", weights_dir=tmp_path)
     message = str(raised.value)
     assert "YOLOv5s" in message and "YOLOv5l" in message and "YOLOv5n" in message and "\n" not in message
     with pytest.raises(CodeFormerError, match="YOLOv5l, YOLOv5n"):
@@ -433,7 +434,7 @@ def firing_detector(original: dict, tmp_path_factory: pytest.TempPathFactory) ->
     path = weights_dir / "facelib" / f"{name.lower()}-face.pth"
     path.parent.mkdir(parents=True)
     torch.save(firing_state(name), path)
-    return load_yolov5face(name, device=torch.device("cpu"), weights_dir=weights_dir)
+    return load_detector(name, device="cpu", weights_dir=weights_dir)
 
 
 @pytest.mark.parametrize("picture_name", ["astronaut", "astronaut_pair", "astronaut_pair_x2"])

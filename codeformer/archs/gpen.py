@@ -43,18 +43,13 @@ original skips detections scoring under 0.9, blurs the restored crop with a 3x3 
 whose box is under 100 px, blends ``alpha * restored + (1 - alpha) * crop`` (``--alpha``, default 1)
 and pastes back with a face-parsing mask.
 
-Weights (download URLs of the authors' bucket, linked from the README; no checksums are published):
+Weights (the files, their download addresses and licence are in :data:`codeformer.weights.WEIGHTS`;
+no checksums are published):
 
-- GPEN-BFR-256: ``size=256, channel_multiplier=1, narrow=0.5``,
-  https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-256.pth
-- GPEN-BFR-512: ``size=512, channel_multiplier=2, narrow=1``,
-  https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-512.pth
-- GPEN-BFR-1024 and GPEN-BFR-2048: ``channel_multiplier=2, narrow=1``; published on ModelScope as
-  ``damo/cv_gpen_image-portrait-enhancement-hires`` (``pytorch_model.pt`` is the 1024 model,
-  ``pytorch_model-2048.pt`` the 2048 one). The README linked .../robin/models/GPEN-BFR-2048.pth in
-  the same bucket in March 2022, then withdrew it "due to commercial issues"; third-party tools
-  download .../robin/models/GPEN-BFR-1024.pth from there too (never linked by the authors; at least
-  one reports that link failing).
+- GPEN-BFR-256: ``size=256, channel_multiplier=1, narrow=0.5``;
+- GPEN-BFR-512, GPEN-BFR-1024 and GPEN-BFR-2048: ``channel_multiplier=2, narrow=1``. 1024 and 2048
+  are published on ModelScope as ``damo/cv_gpen_image-portrait-enhancement-hires``
+  (``pytorch_model.pt`` is the 1024 model, ``pytorch_model-2048.pt`` the 2048 one).
 
 The files hold 18,879,298 (256), 71,005,559 (512), 71,210,924 (1024) and 71,295,201 (2048) values,
 about 75.5 MB and 284-285 MB in float32; exact byte sizes are not published.
@@ -440,27 +435,13 @@ SQUARE_SIDE = 112 + 56  # the padded square the points live in before scaling to
 # The templates of the official sizes, as the reference computes them.
 GPEN_TEMPLATES: Mapping[int, tuple[tuple[float, float], ...]] = {s: gpen_template(s) for s in (256, 512, 1024, 2048)}
 
-# Published GPEN-BFR files: (config, download URL). 1024 and 2048 are published on ModelScope
-# (damo/cv_gpen_image-portrait-enhancement-hires); the URLs are the authors' bucket's names for them.
-GPEN_BFR_FILES: Mapping[str, tuple[GPENConfig, str]] = {
-    "GPEN-BFR-256": (
-        GPENConfig(size=256, channel_multiplier=1, narrow=0.5),
-        "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-256.pth",
-    ),
-    "GPEN-BFR-512": (
-        GPENConfig(size=512),
-        "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-512.pth",
-    ),
-    "GPEN-BFR-1024": (
-        GPENConfig(size=1024),
-        "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-1024.pth",
-    ),
-    "GPEN-BFR-2048": (
-        GPENConfig(size=2048),
-        "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/GPEN-BFR-2048.pth",
-    ),
+# The published GPEN-BFR files' configurations, by file name (their files are in codeformer.weights).
+GPEN_BFR_CONFIGS: Mapping[str, GPENConfig] = {
+    "GPEN-BFR-256": GPENConfig(size=256, channel_multiplier=1, narrow=0.5),
+    "GPEN-BFR-512": GPENConfig(size=512),
+    "GPEN-BFR-1024": GPENConfig(size=1024),
+    "GPEN-BFR-2048": GPENConfig(size=2048),
 }
-GPEN_LICENSE = "non-commercial (README until 2026-03: academic and non-commercial use only; no licence file)"
 
 
 _KIND = "GPEN"

@@ -41,10 +41,10 @@ are skipped (``eye_dist_threshold=5``).
 Weights (GitHub release v1.0.0 of wzhouxiff/RestoreFormerPlusPlus, Apache-2.0 like the code; no
 checksum is published):
 
-- :data:`RESTOREFORMER_PP_URL` (``RestoreFormer++.ckpt``, 294,028,815 bytes as reported by a
+- ``RestoreFormer++.ckpt`` (in :data:`codeformer.weights.WEIGHTS`; 294,028,815 bytes as reported by a
   third-party download script: not verified here), ``head_size=4, ex_multi_scale_num=1``; its
   network has 73,472,579 values (293,890,316 bytes in float32), so the file holds little else;
-- :data:`RESTOREFORMER_URL` (``RestoreFormer.ckpt``), ``head_size=8, ex_multi_scale_num=0``
+- ``RestoreFormer.ckpt`` (the same release), ``head_size=8, ex_multi_scale_num=0``
   (72,680,003 values).
 
 Both are PyTorch Lightning checkpoints: ``{"state_dict": {"vqvae.<name>": tensor, ...}, ...}``,
@@ -80,11 +80,6 @@ MODEL_PREFIX = "vqvae."  # the network's attribute name in the reference's Light
 RESTOREFORMER_PP_HEADS = 4
 RESTOREFORMER_HEADS = 8
 
-RESTOREFORMER_PP_URL = (
-    "https://github.com/wzhouxiff/RestoreFormerPlusPlus/releases/download/v1.0.0/RestoreFormer++.ckpt"
-)
-RESTOREFORMER_URL = "https://github.com/wzhouxiff/RestoreFormerPlusPlus/releases/download/v1.0.0/RestoreFormer.ckpt"
-RESTOREFORMER_PP_LICENSE = "Apache-2.0"
 RESTOREFORMER_PP_FACE_SIZE = 512  # the crops it is trained and used on
 # facexlib's 5-point FFHQ template for 512 x 512 crops (FaceRestoreHelper, template_3points=False):
 # left eye, right eye, nose tip, left and right mouth corners, as seen in the image.

@@ -1,70 +1,42 @@
-"""Face detectors returning boxes and 5 landmarks: RetinaFace (via facexlib) and dlib.
+"""Faces in a picture: the detector protocol, and the reference's recipe around any detector.
 
-Detectors follow the reference recipe of sczhou/CodeFormer (``facelib/detection/__init__.py`` and
-``FaceRestoreHelper.get_face_landmarks_5`` / ``get_face_landmarks_5_dlib``) so that, with the same
-weights, our detections and therefore our aligned crops match the reference's:
+A detector (:class:`FaceDetector`) returns boxes, scores and 5 landmarks; the detectors themselves
+live in their own modules (:mod:`~codeformer.face.retinaface`, :mod:`~codeformer.face.dlib_detector`,
+:mod:`~codeformer.face.yolov5face`) and :mod:`codeformer.registry` loads them by name. This module
+adds what the reference (sczhou/CodeFormer's ``FaceRestoreHelper.get_face_landmarks_5``) does
+around a detector, so that, with the same weights, our detections and therefore our aligned crops
+match the reference's: detection on a copy whose short side is 640, coordinates mapped back, the
+eye-distance filter, centre / largest face. Example::
 
-- RetinaFace (``retinaface_resnet50``, ``retinaface_mobile0.25``) is facexlib's network, loaded
-  strictly from our weights manager, called as the reference calls it (``detect_faces`` with its
-  defaults: confidence > 0.8, NMS IoU 0.4, picture at its own size, full precision). Its landmarks are
-  left eye, right eye, nose, left and right mouth corners (image left/right): the FFHQ template.
-- dlib (``dlib``) is the CNN (MMOD) face detector with one pyramid upsampling plus the 5-point shape
-  predictor. Its landmarks come in dlib's own order (two corners of one eye, two of the other, the
-  bottom of the nose): the dlib template.
-
-:func:`find_faces` adds the reference's selection around a detector (upscaling for detection, eye
-distance filter, centre / largest face). Example::
-
-    detector = load_detector("retinaface_resnet50", device="cpu")
     faces = find_faces(picture, detector, only_center_face=True)   # picture: (H, W, 3) BGR uint8
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import cv2
 import numpy as np
-import torch
-
-from codeformer.device import resolve_device
-from codeformer.errors import CodeFormerError
-from codeformer.registry import model_spec
-from codeformer.weights import load_state_dict, load_strict, weight_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DetectedFace",
-    "DlibDetector",
     "FaceDetector",
-    "RetinaFaceDetector",
     "center_face",
+    "check_bgr_image",
     "eye_distance",
     "find_faces",
     "find_faces_in_frames",
     "largest_face",
-    "load_detector",
     "rescale_face",
 ]
 
 
 TEMPLATE_FFHQ = "ffhq"  # RetinaFace's 5 points: eye centres, nose tip, mouth corners
 TEMPLATE_DLIB = "dlib"  # dlib's 5 points: outer/inner corner of each eye, bottom of the nose
-
-# RetinaFace variant -> facexlib's network name (the files are in codeformer.registry).
-_RETINAFACE_NETWORKS: Mapping[str, str] = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
-
-# facexlib's / the reference's `detect_faces` defaults, which the reference never overrides.
-RETINAFACE_CONF_THRESHOLD = 0.8
-RETINAFACE_NMS_THRESHOLD = 0.4
-# The reference calls the dlib CNN detector with upsample_num_times=1 (its `scale=1` default): the
-# picture is upsampled once (2x) so faces down to about 40 px are found.
-DLIB_UPSAMPLE_TIMES = 1
 
 # `get_face_landmarks_5(resize=640, eye_dist_threshold=5)` as the reference's scripts call it.
 DEFAULT_DETECTION_SHORT_SIDE = 640
@@ -102,7 +74,14 @@ def _frozen_array(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
 
 
 class FaceDetector(Protocol):
-    """What the pipeline needs from a detector."""
+    """What the pipeline needs from a detector.
+
+    Optional attributes, read with these defaults, say how the reference treats a detector:
+    ``resize_for_detection`` (True: detected on a copy whose short side is 640; dlib: False, its own
+    pyramid), ``row_dtype`` (np.float32: the dtype its result rows are mapped back in),
+    ``shifted_eye_distance`` (False: see :func:`find_faces`), and ``detect_batch(images)`` (several
+    frames of one size in one forward pass).
+    """
 
     name: str
     template_name: str  # "ffhq" for RetinaFace's landmarks, "dlib" for dlib's 5-point order
@@ -112,150 +91,12 @@ class FaceDetector(Protocol):
         ...
 
 
-def _check_bgr_image(image: np.ndarray) -> np.ndarray:
-    """The picture as a C-contiguous (H, W, 3) uint8 array (what both detectors need)."""
+def check_bgr_image(image: np.ndarray) -> np.ndarray:
+    """The picture as a C-contiguous (H, W, 3) uint8 array (what every detector takes)."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"expected a (H, W, 3) BGR uint8 picture, got {got}")
     return np.ascontiguousarray(image)
-
-
-# ------------------------------------------------------------------------------------------------
-# RetinaFace
-
-
-class RetinaFaceDetector:
-    """facexlib's RetinaFace, run as the reference runs it."""
-
-    template_name = TEMPLATE_FFHQ
-
-    def __init__(self, name: str, network: torch.nn.Module) -> None:
-        self.name = name
-        self._network = network  # facexlib.detection.retinaface.RetinaFace, eval(), on its device
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self._network
-
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        image = _check_bgr_image(image)
-        with torch.inference_mode():
-            # (K, 15) float32: x1, y1, x2, y2, score, then 5 (x, y) landmarks; sorted by score.
-            rows = self._network.detect_faces(
-                image, conf_threshold=RETINAFACE_CONF_THRESHOLD, nms_threshold=RETINAFACE_NMS_THRESHOLD
-            )
-        return [DetectedFace(box=row[0:4], score=row[4], landmarks=row[5:15].reshape(5, 2)) for row in rows]
-
-
-def _build_retinaface(network_name: str, device: torch.device) -> torch.nn.Module:
-    """facexlib's RetinaFace network (random weights), built without its downloader."""
-    from facexlib.detection.retinaface import RetinaFace  # facexlib's package import is slow: only when used
-
-    with warnings.catch_warnings():
-        # facexlib builds the ResNet-50 trunk with `resnet50(pretrained=False)`: torchvision 0.29
-        # still accepts it (same as weights=None, nothing downloaded) but warns on every call.
-        warnings.filterwarnings("ignore", message=r".*'pretrained' is deprecated", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"Arguments other than a weight enum", category=UserWarning)
-        return RetinaFace(network_name=network_name, half=False, phase="test", device=device)
-
-
-def _load_retinaface(name: str, device: torch.device, weights_dir: str | os.PathLike[str] | None) -> RetinaFaceDetector:
-    network_name = _RETINAFACE_NETWORKS[name]
-    path = weight_path(model_spec(name, "detector").weights[0], weights_dir)
-    state = load_state_dict(path)  # the official files carry DataParallel's `module.`: stripped there
-    network = _build_retinaface(network_name, device)
-    load_strict(network, state, path, f"RetinaFace ({network_name})")
-    network.eval()
-    return RetinaFaceDetector(name, network)
-
-
-# ------------------------------------------------------------------------------------------------
-# dlib
-
-
-class DlibDetector:
-    """dlib's CNN face detector plus its 5-point shape predictor, as the reference runs them.
-
-    It runs on the CPU and is slow: with the reference's one pyramid upsampling, a 512x512 picture
-    takes about 4 s on two cores, and the time grows with the pixel count.
-    """
-
-    name = "dlib"
-    template_name = TEMPLATE_DLIB
-
-    def __init__(self, face_detector: Any, shape_predictor: Any, *, upsample_times: int = DLIB_UPSAMPLE_TIMES) -> None:
-        self._face_detector = face_detector  # dlib.cnn_face_detection_model_v1
-        self._shape_predictor = shape_predictor  # dlib.shape_predictor (5 points)
-        self._upsample_times = upsample_times
-
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        pixels = _check_bgr_image(image)
-        # The reference hands its BGR picture to dlib as is, although dlib's models were trained on
-        # RGB; we do the same so that boxes and landmarks match the reference's exactly.
-        detections = self._face_detector(pixels, self._upsample_times)
-        faces = []
-        for detection in detections:
-            rect = detection.rect
-            shape = self._shape_predictor(pixels, rect)
-            landmarks = [(part.x, part.y) for part in shape.parts()]
-            box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-            faces.append(DetectedFace(box=box, score=detection.confidence, landmarks=landmarks))
-        return faces
-
-
-def _import_dlib() -> Any:
-    try:
-        import dlib
-    except ImportError:
-        raise CodeFormerError(
-            "the dlib detector needs dlib: run `pip install dlib-bin face-recognition-models`"
-        ) from None
-    return dlib
-
-
-def _load_dlib(weights_dir: str | os.PathLike[str] | None) -> DlibDetector:
-    dlib = _import_dlib()
-    detector_key, predictor_key = model_spec("dlib", "detector").weights
-    detector_path = weight_path(detector_key, weights_dir)
-    predictor_path = weight_path(predictor_key, weights_dir)
-    try:
-        face_detector = dlib.cnn_face_detection_model_v1(str(detector_path))
-        shape_predictor = dlib.shape_predictor(str(predictor_path))
-    except RuntimeError as error:
-        first_line = (str(error).strip().splitlines() or ["unreadable"])[0][:200]
-        raise CodeFormerError(
-            f"cannot read the dlib models {detector_path}, {predictor_path} ({first_line}): "
-            "delete them and let them download again"
-        ) from None
-    return DlibDetector(face_detector, shape_predictor)
-
-
-def load_detector(
-    name: str,
-    *,
-    device: str | torch.device,
-    weights_dir: str | os.PathLike[str] | None = None,
-) -> FaceDetector:
-    """A ready face detector by name (one of :func:`codeformer.available_detectors`).
-
-    Weights come from :func:`codeformer.weights.weight_path` (downloaded on first use; the dlib files
-    are taken from an installed face-recognition-models package when present). ``device`` (a torch
-    device, or a name for :func:`codeformer.device.resolve_device` such as "auto") is used by
-    RetinaFace; dlib always runs on the CPU.
-
-    Example::
-
-        detector = load_detector("retinaface_resnet50", device="cuda")
-        faces = detector.detect(cv2.imread("group.jpg"))
-    """
-    model_spec(name, "detector")  # an unknown name raises, listing the valid ones
-    if name == "dlib":
-        return _load_dlib(weights_dir)
-    if name.startswith("YOLOv5"):
-        from codeformer.face.yolov5face import load_yolov5face  # imports this module: not at the top
-
-        return load_yolov5face(name, device=resolve_device(device), weights_dir=weights_dir)
-    return _load_retinaface(name, resolve_device(device), weights_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +194,7 @@ def find_faces(
     distance filter uses eye-corner midpoints and ``only_center_face`` is honoured (the reference
     ignores both for dlib).
     """
-    image = _check_bgr_image(image)
+    image = check_bgr_image(image)
     height, width = image.shape[:2]
     faces = _detect_resized([image], detector, detection_short_side)[0]
     faces = _keep_frontal(faces, detector, eye_dist_threshold)
@@ -379,7 +220,7 @@ def find_faces_in_frames(
     by one. The faces found are those :func:`find_faces` finds on each frame (up to float rounding
     in batched convolutions).
     """
-    images = [_check_bgr_image(frame) for frame in frames]
+    images = [check_bgr_image(frame) for frame in frames]
     found = _detect_resized(images, detector, detection_short_side)
     return [_keep_frontal(faces, detector, eye_dist_threshold) for faces in found]
 
@@ -390,7 +231,8 @@ def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector,
     if not images:
         return []
     height, width = images[0].shape[:2]
-    scale = 1.0 if detector.name == "dlib" else _detection_scale(height, width, detection_short_side)
+    resize = getattr(detector, "resize_for_detection", True)
+    scale = _detection_scale(height, width, detection_short_side) if resize else 1.0
     if scale != 1.0:
         # Same size rounding as the reference (int truncation), and the same inverse mapping (/ scale).
         size = (int(width * scale), int(height * scale))
@@ -414,7 +256,7 @@ def _keep_frontal(faces: list[DetectedFace], detector: FaceDetector,
                   eye_dist_threshold: float | None) -> list[DetectedFace]:
     """Faces whose eyes are at least ``eye_dist_threshold`` pixels apart (drops side views and specks).
 
-    A detector with ``shifted_eye_distance`` set (YOLOv5) is measured as the reference measures its
+    A detector with ``shifted_eye_distance`` set (RetinaFace, YOLOv5) is measured as the reference measures its
     rows: ``norm(row[6] - row[8], row[7] - row[9])``, one column off the eyes' (5-8), that is the
     left eye's y minus the right eye's, and the right eye's x minus the nose's. The filter runs
     after the coordinates are mapped back to ``image``, as in the reference.

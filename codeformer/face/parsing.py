@@ -9,7 +9,7 @@ mode, so a face's labels do not depend on its batch mates).
 
 Example::
 
-    parser = load_face_parser(device="cuda")
+    parser = load_face_parser("weights/facelib/parsing_parsenet.pth", device="cuda")
     masks = parser.masks(restored_faces)   # list of (512, 512) float masks in [0, 1]
 """
 
@@ -25,14 +25,12 @@ import torch
 
 from codeformer.device import resolve_device
 from codeformer.face.pasteback import parse_labels_to_mask
-from codeformer.registry import DEFAULT_PARSER, model_spec
-from codeformer.weights import load_state_dict, load_strict, weight_path
+from codeformer.weights import load_state_dict, load_strict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FaceParser", "PARSENET_KEY", "build_parsenet", "load_face_parser", "preprocess_faces"]
+__all__ = ["FaceParser", "build_parsenet", "load_face_parser", "preprocess_faces"]
 
-PARSENET_KEY = model_spec(DEFAULT_PARSER, "parser").weights[0]  # "facelib/parsing_parsenet.pth"
 PARSE_SIZE = 512  # ParseNet's input and output side (the reference's in_size = out_size = 512)
 PARSE_CLASSES = 19  # CelebAMask-HQ classes: background, skin, brows, eyes, ..., hair, hat, ...
 DEFAULT_BATCH_SIZE = 8
@@ -125,16 +123,11 @@ def build_parsenet() -> torch.nn.Module:
     return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
 
 
-def load_face_parser(
-    *,
-    device: str | torch.device,
-    weights_dir: str | os.PathLike[str] | None = None,
-) -> FaceParser:
-    """ParseNet with the official weights (``facelib/parsing_parsenet.pth``, downloaded on first use).
+def load_face_parser(path: str | os.PathLike[str], *, device: str | torch.device) -> FaceParser:
+    """ParseNet from the official file (``facelib/parsing_parsenet.pth``, resolved by :mod:`codeformer.registry`).
 
     ``device``: a torch device, or a name for :func:`codeformer.device.resolve_device` such as "auto".
     """
-    path = weight_path(PARSENET_KEY, weights_dir)
     state = load_state_dict(path)
     network = build_parsenet()
     load_strict(network, state, path, "ParseNet")

@@ -48,7 +48,7 @@ Deliberate difference: the reference's result rows carry the box's x1 where a sc
 
 Example::
 
-    detector = load_yolov5face("YOLOv5l", device=torch.device("cuda"))
+    detector = load_yolov5face(path, "YOLOv5l", device=torch.device("cuda"))
     faces = detector.detect(picture)                # picture: (H, W, 3) BGR uint8
     per_frame = detector.detect_batch(frames)       # same-size frames, one forward pass
 """
@@ -68,13 +68,13 @@ from torch import nn
 
 from codeformer.errors import CodeFormerError
 from codeformer.face.detection import TEMPLATE_FFHQ, DetectedFace
-from codeformer.weights import load_state_dict, load_strict, weight_path
+from codeformer.weights import load_state_dict, load_strict
 
 __all__ = [
     "CONF_THRESHOLD",
     "IOU_THRESHOLD",
     "MIN_FACE_HEIGHT",
-    "YOLOV5FACE_NAMES",
+    "YOLOV5FACE_VARIANTS",
     "YOLOv5Face",
     "YOLOv5FaceDetector",
     "build_yolov5face",
@@ -89,7 +89,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Constants
 
-YOLOV5FACE_NAMES: tuple[str, ...] = ("YOLOv5l", "YOLOv5n")  # their files are in codeformer.registry
+YOLOV5FACE_VARIANTS: tuple[str, ...] = ("YOLOv5l", "YOLOv5n")  # the architectures of the two official files
 
 # `YoloDetector.detect_faces(conf_thres=0.7, iou_thres=0.5)`: the reference never overrides them.
 CONF_THRESHOLD = 0.7
@@ -427,7 +427,7 @@ def build_yolov5face(variant: str) -> YOLOv5Face:
         predictions = network(torch.rand(1, 3, 64, 64))   # (1, 3 * (8*8 + 4*4 + 2*2), 16)
     """
     if variant not in _VARIANT_LAYERS:
-        raise CodeFormerError(f"unknown YOLOv5-face variant {variant!r}: choose one of {', '.join(YOLOV5FACE_NAMES)}")
+        raise CodeFormerError(f"unknown YOLOv5-face variant {variant!r}: choose one of {', '.join(YOLOV5FACE_VARIANTS)}")
     return YOLOv5Face(_VARIANT_LAYERS[variant]()).eval()
 
 
@@ -630,26 +630,15 @@ class YOLOv5FaceDetector:
         return results
 
 
-def load_yolov5face(
-    name: str,
-    *,
-    device: torch.device | str,
-    weights_dir: str | os.PathLike[str] | None = None,
-) -> YOLOv5FaceDetector:
-    """A ready YOLOv5-face detector, ``"YOLOv5l"`` or ``"YOLOv5n"``, with the official weights.
+def load_yolov5face(path: str | os.PathLike[str], name: str, *, device: torch.device | str) -> YOLOv5FaceDetector:
+    """A ready YOLOv5-face detector, ``"YOLOv5l"`` or ``"YOLOv5n"``, from its official file.
 
-    The file (``facelib/yolov5l-face.pth`` or ``facelib/yolov5n-face.pth``) comes from
-    :func:`codeformer.weights.weight_path` (downloaded on first use) and must match the network
-    exactly. Example::
+    The file (``facelib/yolov5l-face.pth`` or ``facelib/yolov5n-face.pth``, resolved by
+    :mod:`codeformer.registry`) must match the network exactly. Example::
 
-        detector = load_yolov5face("YOLOv5n", device=torch.device("cpu"))
+        detector = load_yolov5face("weights/facelib/yolov5n-face.pth", "YOLOv5n", device="cpu")
         faces = detector.detect(cv2.imread("group.jpg"))
     """
-    if name not in YOLOV5FACE_NAMES:
-        raise CodeFormerError(f"unknown YOLOv5-face detector {name!r}: choose one of {', '.join(YOLOV5FACE_NAMES)}")
-    from codeformer.registry import model_spec
-
-    path = weight_path(model_spec(name, "detector").weights[0], weights_dir)
     state = load_state_dict(path)
     network = build_yolov5face(name)
     load_strict(network, state, path, f"YOLOv5-face ({name})")

@@ -25,9 +25,9 @@ from typing import Callable, Optional, Protocol, Union, runtime_checkable
 import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
-from tqdm import tqdm
 
 from codeformer.errors import CodeFormerError
+from codeformer.progress import Progress
 from codeformer.video.probe import (
     AVCOL_RANGE_MPEG,
     AVCOL_SPC_TO_SWS,
@@ -375,7 +375,7 @@ def _process_stage(
     frames_out: queue.Queue,
     process_batch: Union[ProcessBatch, FrameProcessor],
     batch_frames: int,
-    bar: tqdm,
+    bar: Progress,
     stop: threading.Event,
 ) -> None:
     """Runs in the calling thread: batches of decoded frames through ``process_batch``.
@@ -529,13 +529,9 @@ def encode_video(
         name="codeformer-video-encode",
         daemon=True,
     )
-    bar = tqdm(
-        total=source.info.frame_count,
-        unit="frame",
-        desc=source.info.path.name,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    # In a log: a line every few seconds with the frames done, not one per frame.
+    bar = Progress(total=source.info.frame_count, desc=source.info.path.name, unit="frame", enabled=progress,
+                   per_item=False)
     decoder.start()
     encoder.start()
     try:

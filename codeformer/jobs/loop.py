@@ -1,4 +1,4 @@
-"""The per-file run loop every command shares: progress, one line per failure, a summary, an exit code.
+"""The per-file run loop every job shares: progress, one line per failure, a summary, an exit code.
 
 A batch is read, processed and saved item by item (or a few items at a time, so that faces from
 several files share one network forward). A file that cannot be read, or whose processing fails,
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
 
 import torch
-from tqdm import tqdm
 
 from codeformer.errors import CodeFormerError
+from codeformer.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -87,28 +87,29 @@ def run_batch(
         report.notes.append(line)
 
     chunk_size = max(1, batch.chunk_size)
-    with tqdm(total=len(inputs), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
+    with Progress(total=len(inputs), desc=desc, unit=unit, enabled=progress) as bar:
         for start in range(0, len(inputs), chunk_size):
             chunk = inputs[start:start + chunk_size]
             loaded: list[tuple[Path, Loaded]] = []
             for path in chunk:
                 if batch.is_done is not None and batch.is_done(path):
                     report.skipped += 1
-                    bar.update(1)
+                    bar.update(1, f"{path.name} (done before)")
                     continue
                 try:
                     loaded.append((path, batch.load(path)))
                 except Exception as error:  # noqa: BLE001 - reported per file, the batch goes on
                     fail(path, error)
-                    bar.update(1)
+                    bar.update(1, f"{path.name} (failed)")
             if not loaded:
                 continue
+            bar.working_on(", ".join(path.name for path, _ in loaded))
             try:
                 results = batch.process([item for _, item in loaded])
             except Exception as error:  # noqa: BLE001
                 for path, _ in loaded:
                     fail(path, error)
-                bar.update(len(loaded))
+                bar.update(len(loaded), f"{len(loaded)} failed")
                 continue
             for (path, _), result in zip(loaded, results):
                 try:
@@ -116,31 +117,8 @@ def run_batch(
                     report.done += 1
                 except Exception as error:  # noqa: BLE001
                     fail(path, error)
-                bar.update(1)
+                bar.update(1, path.name)
     return report
-
-
-def output_stems(inputs: Sequence[Path]) -> dict[Path, str]:
-    """Output base names for inputs, unique even when two inputs share a stem (``a.jpg`` and ``a.png``).
-
-    Inputs keep their stem; when several inputs of a batch share one, each of them gets its extension
-    appended (``a_jpg``, ``a_png``) so no output overwrites another.
-    """
-    counts: dict[str, int] = {}
-    for path in inputs:
-        counts[path.stem] = counts.get(path.stem, 0) + 1
-    stems = {}
-    for path in inputs:
-        clash = counts[path.stem] > 1
-        stems[path] = f"{path.stem}_{path.suffix.lstrip('.').lower()}" if clash else path.stem
-    if any(count > 1 for count in counts.values()):
-        logger.warning("some inputs share a name; their outputs are named <name>_<extension> to keep them apart")
-    return stems
-
-
-def with_suffix_name(stem: str, suffix: str | None, extension: str = ".png") -> str:
-    """``<stem>[_<suffix>]<extension>``: the reference's ``--suffix`` naming."""
-    return f"{stem}_{suffix}{extension}" if suffix else f"{stem}{extension}"
 
 
 def ensure_writable_folder(folder: Path) -> None:

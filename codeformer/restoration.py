@@ -9,7 +9,7 @@
 3. :func:`compose` upscales the picture (resize or background upsampler), parses the restored faces
    and pastes them back (the reference's ``paste_faces_to_input_image``).
 
-:func:`restore_pictures` chains the three. The output is exactly the input size times ``upscale``, in
+:func:`restore_whole_pictures` chains the three. The output is exactly the input size times ``upscale``, in
 the input's dtype, with its alpha channel.
 """
 
@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from codeformer.color import GrayMode, is_gray, to_gray
 from codeformer.face.alignment import FACE_SIZE, TEMPLATES, estimate_alignment, warp_face
 from codeformer.face.detection import DetectedFace, FaceDetector, find_faces
 from codeformer.face.pasteback import PARSE_SIZE, PastedFace, paste_faces
-from codeformer.face.selection import FaceSelection, choose_faces, left_to_right_numbers
-from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, check_output_pixels
+from codeformer.face.selection import choose_faces, left_to_right_numbers
+from codeformer.imageio import Picture, check_output_pixels
+from codeformer.options import RestoreOptions
+from codeformer.progress import Progress
 
 if TYPE_CHECKING:
     from codeformer.face.identity import FaceEmbedder
@@ -43,23 +44,6 @@ logger = logging.getLogger(__name__)
 WORK_MIN_SIDE = 512
 # Eye distance (px, on the working image) below which a detection is a side view or too small.
 EYE_DIST_THRESHOLD = 5.0
-
-
-@dataclass(frozen=True)
-class RestoreOptions:
-    """How the faces of one picture are restored (per call; the networks are in :class:`Models`)."""
-
-    fidelity_weight: float | None = None  # 0 = best quality, 1 = most faithful; None: the model's default
-    upscale: int = 2  # output = input size x upscale
-    selection: FaceSelection = FaceSelection()  # which faces to restore (default: all)
-    grayscale: GrayMode = "auto"  # restored faces stay gray in gray pictures
-    draw_box: bool = False
-    measure_identity: bool = False  # report each face's identity distance before -> after restoration
-    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse outputs larger than this (None: no limit)
-
-    @property
-    def only_center_face(self) -> bool:
-        return self.selection.only_center_face
 
 
 @dataclass
@@ -297,7 +281,7 @@ def _in_picture(face: DetectedFace, work_scale: float) -> tuple[np.ndarray, np.n
     return face.box / work_scale, face.landmarks / work_scale
 
 
-def restore_pictures(pictures: Sequence[Picture], models: Models, options: RestoreOptions) -> list[RestoreResult]:
+def restore_whole_pictures(pictures: Sequence[Picture], models: Models, options: RestoreOptions) -> list[RestoreResult]:
     """Restore the (chosen) faces of several pictures, faces of all pictures batched through the network."""
     return restore_plans(pictures, [plan_faces(p, models, options) for p in pictures], models, options)
 
@@ -343,21 +327,16 @@ def _restore_crops(crops: list[np.ndarray], models: Models, options: RestoreOpti
     """
     step = models.batch_size
     if not models.progress or len(crops) <= step:
-        return models.restorer.restore(crops, fidelity_weight=options.fidelity_weight, batch_size=step)
+        return models.restorer.restore_crops(crops, fidelity_weight=options.fidelity_weight, batch_size=step)
     outputs: list[np.ndarray] = []
-    with tqdm(total=len(crops), desc="faces", unit="face", leave=False) as bar:
+    with Progress(total=len(crops), desc="faces", unit="face", per_item=False, leave=False) as bar:
         for start in range(0, len(crops), step):
             chunk = crops[start:start + step]
-            outputs += models.restorer.restore(chunk, fidelity_weight=options.fidelity_weight, batch_size=step)
+            outputs += models.restorer.restore_crops(chunk, fidelity_weight=options.fidelity_weight, batch_size=step)
             bar.update(len(chunk))
     return outputs
 
 
-def restore_picture(picture: Picture, models: Models, options: RestoreOptions) -> RestoreResult:
-    """Restore every face of one picture; see :func:`restore_pictures`."""
-    return restore_pictures([picture], models, options)[0]
-
-
 def restore_frames(frames: Sequence[np.ndarray], models: Models, options: RestoreOptions) -> list[RestoreResult]:
     """Restore consecutive BGR uint8 video frames (faces of all frames share network forwards)."""
-    return restore_pictures([Picture(frame, None, 3) for frame in frames], models, options)
+    return restore_whole_pictures([Picture(frame, None, 3) for frame in frames], models, options)

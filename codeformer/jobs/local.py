@@ -1,38 +1,27 @@
-"""Jobs over files: folders of pictures, aligned faces and videos, written in the reference's layout.
+"""Jobs run in this process: folders of pictures, aligned faces and videos, in the layout of :mod:`~codeformer.jobs.layout`.
 
-Each job takes a loaded :class:`~codeformer.pipeline.Pipeline` and plain keyword options, runs its
-inputs through :func:`codeformer.batch.run_batch` (one line per failure, a summary, nothing
-half-written) or :meth:`Pipeline.restore_video`, and writes:
-
-- whole pictures: ``<out>/cropped_faces/<name>_<k>.png``, ``<out>/restored_faces/<name>_<k>[_<suffix>].png``
-  and ``<out>/final_results/<name>[_<suffix>].png``;
-- aligned faces: ``<out>/<name>[_<suffix>].png``;
-- videos: ``<out>/<name>[_<suffix>].mp4`` (and per-frame pictures with ``save_frames``).
+Each function takes a loaded :class:`~codeformer.pipeline.Pipeline` and prepared options, runs its
+inputs through :func:`codeformer.jobs.loop.run_batch` (one line per failure, a summary, nothing
+half-written) or :meth:`Pipeline.restore_video`, and writes every output atomically.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from codeformer.batch import (
-    Batch,
-    BatchReport,
-    describe_failure,
-    ensure_writable_folder,
-    output_stems,
-    run_batch,
-    with_suffix_name,
-)
-from codeformer.face.pipeline import RestoreResult, RestoreOptions
-from codeformer.imageio import Picture, read_image, to_uint8, write_image
+from codeformer.imageio import Picture, read_image, write_image
+from codeformer.jobs.layout import FINAL_FOLDER, final_picture_name, frame_outputs, output_stems, picture_outputs, with_suffix_name
+from codeformer.jobs.loop import Batch, BatchReport, describe_failure, ensure_writable_folder, run_batch
+from codeformer.options import RestoreOptions, VideoOptions
+from codeformer.restoration import RestoreResult
 
 if TYPE_CHECKING:
     from codeformer.pipeline import Pipeline
-    from codeformer.report import FaceReport
+    from codeformer.jobs.report import FaceReport
 
 logger = logging.getLogger(__name__)
 
@@ -43,53 +32,6 @@ _TASK_WORDS = {
     "inpaint": ("inpainting", "inpainted"),
     "reconstruct": ("reconstructing", "reconstructed"),
 }
-
-
-# What a JPEG can hold: 8 bits, no alpha.
-_JPEG_EXTENSIONS = (".jpg", ".jpeg")
-
-
-def final_extension(path: PurePath, extension: str | None) -> str:
-    """The final picture's file extension: ``.png`` by default, the input's for ``auto``."""
-    if extension is None or extension == "png":
-        return ".png"
-    if extension == "auto":
-        return path.suffix.lower() or ".png"
-    return f".{extension.lstrip('.').lower()}"
-
-
-def final_image(name: str, image: np.ndarray) -> np.ndarray:
-    """The final picture as saved under ``name``: a JPEG gets 8 bits and no alpha (it holds neither), with a note."""
-    has_alpha = image.ndim == 3 and image.shape[2] == 4
-    if PurePath(name).suffix.lower() in _JPEG_EXTENSIONS and (image.dtype != np.uint8 or has_alpha):
-        logger.info("%s: JPEG keeps neither 16 bits nor transparency; saved as 8-bit colour", name)
-        image = to_uint8(image[:, :, :3] if image.ndim == 3 else image)
-    return image
-
-
-def final_picture_name(path: PurePath, stem: str, suffix: str | None, extension: str | None) -> str:
-    """``<stem>[_<suffix>].<ext>``: a whole picture's name in ``final_results/`` (``extension`` as ``--ext``)."""
-    return with_suffix_name(stem, suffix, final_extension(path, extension))
-
-
-def face_outputs(stem: str, suffix: str | None, result: RestoreResult) -> list[tuple[str, np.ndarray]]:
-    """A picture's face crops as (path relative to the output root, image): ``cropped_faces/``, ``restored_faces/``."""
-    files = []
-    for index, face in enumerate(result.faces):
-        name = f"{stem}_{index:02d}"
-        files.append((f"cropped_faces/{name}.png", face.aligned))
-        files.append((f"restored_faces/{with_suffix_name(name, suffix)}", face.restored))
-    return files
-
-
-def picture_outputs(stem: str, suffix: str | None, final_name: str,
-                    result: RestoreResult) -> list[tuple[str, np.ndarray]]:
-    """Every file of a restored whole picture as (path relative to the output root, image), the final one last.
-
-    The final picture is written last: its presence means the input is complete (resuming skips it).
-    Writers encode each image by its name's extension (:func:`codeformer.imageio.encode_image`).
-    """
-    return [*face_outputs(stem, suffix, result), (f"final_results/{final_name}", final_image(final_name, result.image))]
 
 
 def restore_aligned_images(pipeline: Pipeline, pictures: Sequence[Picture], names: Sequence[str],
@@ -117,11 +59,6 @@ def task_verb(pipeline: Pipeline) -> str:
     return _TASK_WORDS[pipeline.task][1]
 
 
-def _write_faces(out_root: Path, stem: str, suffix: str | None, result: RestoreResult) -> None:
-    for relative, image in face_outputs(stem, suffix, result):
-        write_image(out_root / relative, image)
-
-
 def restore_picture_files(
     pipeline: Pipeline,
     inputs: Sequence[Path],
@@ -144,7 +81,7 @@ def restore_picture_files(
     stems = output_stems(inputs)
 
     def final_path(path: Path) -> Path:
-        return out_root / "final_results" / final_picture_name(path, stems[path], suffix, extension)
+        return out_root / FINAL_FOLDER / final_picture_name(path, stems[path], suffix, extension)
 
     def process(pictures: list[Picture]) -> list[RestoreResult]:
         return pipeline.restore_pictures(pictures, options)
@@ -203,13 +140,10 @@ def restore_video_file(
     out_root: Path,
     options: RestoreOptions,
     *,
+    video: VideoOptions | None = None,
     suffix: str | None = None,
     skip_existing: bool = False,
     save_frames: bool = False,
-    temporal_smoothing: bool = True,
-    fps: float | None = None,
-    crf: int = 18,
-    preset: str = "medium",
     progress: bool = True,
     report: FaceReport | None = None,
 ) -> Path | None:
@@ -230,12 +164,10 @@ def restore_video_file(
         if report is not None:
             report.add_frame(index, result)
         if save_frames:
-            stem = f"{index:06d}"  # the reference's per-frame names
-            _write_faces(out_root, stem, suffix, result)
-            write_image(out_root / "final_results" / with_suffix_name(stem, suffix), result.image)
+            for relative, image in frame_outputs(index, suffix, result):
+                write_image(out_root / relative, image)
 
-    stats = pipeline.restore_video(path, destination, options=options, temporal_smoothing=temporal_smoothing,
-                                   fps=fps, crf=crf, preset=preset, progress=progress, on_frame=on_frame)
+    stats = pipeline.restore_video(path, destination, options, video=video, progress=progress, on_frame=on_frame)
     if report is not None:
         report.add_video(path.name)
     logger.info("%s: %d frames, %d faces, %s; saved %s", path.name, stats.frames_out, faces_seen,

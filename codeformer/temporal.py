@@ -19,10 +19,10 @@ from typing import Callable
 import numpy as np
 
 from codeformer.face.detection import find_faces_in_frames
-from codeformer.face.pipeline import (
+from codeformer.options import RestoreOptions
+from codeformer.restoration import (
     EYE_DIST_THRESHOLD,
     Models,
-    RestoreOptions,
     RestoreResult,
     plan_detected,
     restore_plans,

@@ -1,6 +1,6 @@
 """Ray itself: importing it lazily, joining or starting an instance, sizing the worker pool, running a dataset.
 
-Nothing here imports Ray at module level: the package, and every command without ``--ray``, work
+Nothing here imports Ray at module level: the package, and every job not run on Ray, work
 without it installed; :func:`import_ray` says how to install it when a job needs it.
 """
 
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from codeformer.errors import CodeFormerError
+from codeformer.errors import CodeFormerError, OptionError
 from codeformer.precision import SINGLE_ARENA_ENV
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def plan_workers(count: int | None = None, cpus: int | None = None, *, device: s
     cluster_cpus = max(1, int(resources.get("CPU", 1)))
     use_gpus = device != "cpu" and device != "mps" and cluster_gpus > 0
     if device.startswith("cuda") and not cluster_gpus:
-        raise CodeFormerError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
+        raise OptionError("device", device, "the Ray cluster has no GPU; use auto or cpu")
     per_worker_cpus = cpus or 1
     if per_worker_cpus > cluster_cpus:
         raise CodeFormerError(f"each worker asks for {per_worker_cpus} CPUs; the Ray cluster has {cluster_cpus}")

@@ -1,21 +1,21 @@
-"""What a worker needs to build the very pipeline the driver would: plain values, no argparse, no networks.
+"""What a worker needs to build the very pipeline the driver would: the option objects, no networks.
 
 A cluster job sends each worker a recipe instead of a loaded pipeline (networks do not travel well
 and each worker loads them once, on its own device). Anything with a ``build()`` that returns a
-pipeline and its options, and the ``batch_size`` and ``device`` the driver plans with, will do
-(:class:`PipelineSource`); :class:`PipelineRecipe` is the one the command line makes.
+pipeline and its prepared options, and the ``batch_size`` and ``device`` the driver plans with, will
+do (:class:`PipelineSource`); :class:`PipelineRecipe` carries a job's
+:class:`~codeformer.options.LoadOptions` and :class:`~codeformer.options.RestoreOptions`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from codeformer.registry import DEFAULT_MODEL
+from codeformer.options import LoadOptions, RestoreOptions
 
 if TYPE_CHECKING:
-    from codeformer.face.pipeline import RestoreOptions
     from codeformer.pipeline import Pipeline
 
 __all__ = ["PipelineRecipe", "PipelineSource", "build_on_worker"]
@@ -37,27 +37,23 @@ class PipelineSource(Protocol):
 
 @dataclass(frozen=True)
 class PipelineRecipe:
-    """:func:`codeformer.load_pipeline` and :meth:`Pipeline.options` keyword arguments, applied on a worker.
+    """What to load and how to restore, applied on a worker: ``load_pipeline(load)`` then ``prepare(options)``.
 
-    ``load`` holds ``load_pipeline``'s keywords (``detector``, ``device``, ``weights_dir`` ...),
-    ``options`` those of ``Pipeline.options`` (``fidelity_weight``, ``upscale``, ``max_pixels`` ...).
     ``runtime_tuning``: apply :func:`codeformer.precision.configure_cpu_runtime` in each worker, as
     the command line does in its own process (it changes float rounding, so both sides must agree).
     """
 
-    model: str = DEFAULT_MODEL
-    load: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    options: RestoreOptions = field(default_factory=RestoreOptions)
     runtime_tuning: bool = False
 
     @property
     def batch_size(self) -> int | None:
-        value = self.load.get("batch_size")
-        return None if value is None else int(value)
+        return self.load.batch_size
 
     @property
     def device(self) -> str:
-        return str(self.load.get("device", "auto"))
+        return self.load.device
 
     def build(self) -> tuple[Pipeline, RestoreOptions]:
         from codeformer.pipeline import load_pipeline
@@ -66,8 +62,8 @@ class PipelineRecipe:
             from codeformer.precision import configure_cpu_runtime
 
             logger.debug("worker runtime: %s", ", ".join(configure_cpu_runtime()) or "unchanged")
-        pipeline = load_pipeline(self.model, **self.load)
-        return pipeline, pipeline.options(**self.options)
+        pipeline = load_pipeline(self.load)
+        return pipeline, pipeline.prepare(self.options)
 
 
 def build_on_worker(source: PipelineSource, threads: int) -> tuple[Pipeline, RestoreOptions]:

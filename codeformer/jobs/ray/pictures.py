@@ -1,13 +1,13 @@
 """Folders of pictures on a Ray cluster: the single-machine layout, byte for byte, from a pool of workers.
 
 The driver lists the inputs, drops those whose final result already exists (before anything is
-scheduled), and groups the rest exactly as :func:`codeformer.batch.run_batch` would on one machine:
+scheduled), and groups the rest exactly as :func:`codeformer.jobs.loop.run_batch` would on one machine:
 whole pictures one by one, aligned faces in chunks of the pipeline's batch size (a network's float
 sums depend on what is batched together, so the same chunks give the same bytes). Ray Data reads
 each chunk's files as bytes (any path or fsspec URL; read tasks overlap the restoring) and streams
 them to an actor pool; each actor builds the pipeline once (one per GPU, or per CPU slot), decodes them with
 :func:`codeformer.imageio.decode_image` (16-bit, alpha and EXIF kept), restores them with the same
-calls and output layout as :mod:`codeformer.runs`, and writes every output atomically itself. Only a
+calls and output layout as :mod:`codeformer.jobs.local`, and writes every output atomically itself. Only a
 small status row per input comes back to the driver, which shows progress, logs one line per
 failure, and writes ``ray_report.jsonl``.
 """
@@ -20,56 +20,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from codeformer.batch import BatchReport, describe_failure, output_stems, with_suffix_name
-from codeformer.cluster.ledger import Ledger
-from codeformer.cluster.recipe import build_on_worker
-from codeformer.cluster.session import Workers, plan_workers, run_dataset
-from codeformer.cluster.storage import Folder, read_file, split_location
-from codeformer.errors import CodeFormerError
-from codeformer.imageio import IMAGE_EXTENSIONS, SKIP_FOLDER, Picture, decode_image, encode_image, is_image_path
+from codeformer.jobs.layout import FINAL_FOLDER, final_picture_name, output_stems, picture_outputs, with_suffix_name
+from codeformer.jobs.loop import BatchReport, describe_failure
+from codeformer.jobs.ray.ledger import Ledger
+from codeformer.jobs.ray.recipe import build_on_worker
+from codeformer.jobs.ray.session import Workers, plan_workers, run_dataset
+from codeformer.jobs.storage import Folder, read_file, split_location
+from codeformer.progress import Progress
+from codeformer.imageio import Picture, decode_image, encode_image
 
 if TYPE_CHECKING:
-    from codeformer.cluster.recipe import PipelineSource
+    from codeformer.jobs.ray.recipe import PipelineSource
 
-__all__ = ["list_pictures", "restore_pictures_on_ray"]
+__all__ = ["restore_pictures_on_ray"]
 
 logger = logging.getLogger(__name__)
-
-FINAL_FOLDER = "final_results"  # where a whole picture's final result goes; its presence means "done"
-
-
-def list_pictures(location: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """The pictures a path or URL names: one file, or a folder's pictures sorted by name.
-
-    Returns (pictures, other entries with why each is not read); hidden entries are left out, as
-    :func:`codeformer.imageio.scan_folder` does for local folders.
-    """
-    folder = Folder(location)
-    kinds = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
-    if not folder.is_folder():
-        parent, name = split_location(location)
-        if not parent.exists(name):
-            raise CodeFormerError(f"input path {location} does not exist")
-        if not is_image_path(name):
-            raise CodeFormerError(f"{location} is not a picture this command reads ({kinds})")
-        return [location], []
-    pictures, skipped = [], []
-    for name, is_file in folder.entries():
-        if name.startswith("."):
-            continue
-        child = folder.child(name)
-        if not is_file:
-            skipped.append((child, SKIP_FOLDER))
-        elif not is_image_path(name):
-            skipped.append((child, f"not a picture this command reads ({Path(name).suffix or 'no extension'})"))
-        else:
-            pictures.append(child)
-    if not pictures:
-        others = f" ({len(skipped)} other entries skipped)" if skipped else ""
-        raise CodeFormerError(f"no pictures ({kinds}) in folder {location}{others}")
-    return pictures, skipped
 
 
 @dataclass(frozen=True)
@@ -97,8 +63,6 @@ class PictureJob:
 def _plan(inputs: Sequence[str], out: Folder, *, aligned: bool, suffix: str | None, extension: str | None,
           chunk_size: int) -> tuple[list[_Item], list[list[int]], list[int]]:
     """The items, the chunks still to run (indices, as run_batch groups them) and the indices already done."""
-    from codeformer.runs import final_picture_name
-
     keys = [Path(location) for location in inputs]  # unique per input; name, stem and suffix as the file's
     stems = output_stems(keys)
     items = []
@@ -185,7 +149,7 @@ class _PictureWorker:
 
     def _restore(self, loaded: list[tuple[int, Picture]]) -> list[tuple[int, list[tuple[str, np.ndarray]], int]]:
         """(input index, its output files relative to the output folder, its face count) for each loaded picture."""
-        from codeformer.runs import picture_outputs, restore_aligned_images
+        from codeformer.jobs.local import restore_aligned_images
 
         job = self._job
         pictures = [picture for _, picture in loaded]
@@ -213,7 +177,7 @@ def _batch_size(source: PipelineSource, workers: Workers | None) -> int:
 
 
 def _failure_line(location: str, line: str) -> str:
-    """A failure's line starts with the input's name, as :func:`codeformer.batch.run_batch` words it."""
+    """A failure's line starts with the input's name, as :func:`codeformer.jobs.loop.run_batch` words it."""
     name = split_location(location)[1]
     return line if line.startswith(location) or line.startswith(name) else f"{name}: {line}"
 
@@ -235,11 +199,11 @@ def restore_pictures_on_ray(
 ) -> BatchReport:
     """Restore pictures (paths or fsspec URLs) on the Ray instance this process is connected to.
 
-    Writes what :func:`codeformer.runs.restore_picture_files` writes (``aligned``:
-    :func:`~codeformer.runs.restore_aligned_files`) into ``out`` (a path or URL), skipping inputs
+    Writes what :func:`codeformer.jobs.local.restore_picture_files` writes (``aligned``:
+    :func:`~codeformer.jobs.local.restore_aligned_files`) into ``out`` (a path or URL), skipping inputs
     whose final result is there. ``report_to``: the folder for ``ray_report.jsonl`` (default ``out``),
     which also lists ``not_read`` (folder entries that are not pictures, with why). ``workers``:
-    the actor pool (default :func:`~codeformer.cluster.session.plan_workers` for the source's device).
+    the actor pool (default :func:`~codeformer.jobs.ray.session.plan_workers` for the source's device).
     A failed input is one logged line and counts in the returned report; Ctrl-C stops the job (the
     report is still written) and is raised.
     """
@@ -265,8 +229,8 @@ def restore_pictures_on_ray(
             logger.info("running on Ray: %s for %d inputs", workers.describe(), sum(map(len, chunks)))
             job = PictureJob(source, tuple(items), out_folder, aligned, suffix, workers.cpus, describe)
             rows = [{"items": chunk} for chunk in chunks]
-            with tqdm(total=len(items), initial=len(done), desc=desc, unit="image" if not aligned else "face",
-                      disable=not progress, dynamic_ncols=True) as bar:
+            with Progress(total=len(items), initial=len(done), desc=desc, unit="image" if not aligned else "face",
+                          enabled=progress) as bar:
 
                 def on_row(row: Mapping[str, Any]) -> None:
                     for index, status, error, faces in zip(row["items"], row["status"], row["error"], row["faces"]):
@@ -282,7 +246,7 @@ def restore_pictures_on_ray(
                             report.notes.append(str(error))
                             ledger.add(item.location, "failed", error=str(error))
                             logger.error("%s", error)
-                        bar.update(1)
+                        bar.update(1, split_location(item.location)[1])
 
                 run_dataset(rows, _PictureWorker, job, workers, on_row, read=_read_chunk)
     finally:

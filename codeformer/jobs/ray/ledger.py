@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from codeformer.cluster.storage import Folder
+from codeformer.jobs.storage import Folder
 
 __all__ = ["REPORT_NAME", "STATUSES", "Ledger"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from codeformer.face.pipeline import RestoredFace, RestoreResult, SkippedFace
+from codeformer.restoration import RestoredFace, RestoreResult, SkippedFace
 from codeformer.imageio import write_bytes_atomic
 
 __all__ = ["REPORT_NAME", "REPORT_VERSION", "FaceReport", "face_entries"]

@@ -28,15 +28,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from tqdm import tqdm
 
 from codeformer._atomic import atomic_path, temporary_sibling
-from codeformer.batch import describe_failure, with_suffix_name
-from codeformer.cluster.ledger import Ledger
-from codeformer.cluster.recipe import build_on_worker
-from codeformer.cluster.session import Workers, plan_workers, run_dataset
-from codeformer.cluster.storage import Folder, split_location
+from codeformer.jobs.layout import with_suffix_name
+from codeformer.jobs.loop import describe_failure
+from codeformer.jobs.ray.ledger import Ledger
+from codeformer.jobs.ray.recipe import build_on_worker
+from codeformer.jobs.ray.session import Workers, plan_workers, run_dataset
+from codeformer.jobs.storage import Folder, split_location
+from codeformer.progress import Progress
 from codeformer.errors import CodeFormerError
+from codeformer.options import RestoreOptions, VideoOptions
 from codeformer.face.tracking import DEFAULT_MAX_GAP, DEFAULT_WINDOW
 from codeformer.video.audio import mux_audio
 from codeformer.video.probe import AVCOL_SPC_TO_SWS, Source, ffmpeg_reason, inspect_source, open_input
@@ -49,12 +51,10 @@ from codeformer.video.stages import (
     h264_encoder,
     make_timing,
     next_pts,
-    validate_options,
 )
 
 if TYPE_CHECKING:
-    from codeformer.cluster.recipe import PipelineSource
-    from codeformer.face.pipeline import RestoreOptions
+    from codeformer.jobs.ray.recipe import PipelineSource
     from codeformer.pipeline import Pipeline
 
 __all__ = ["DEFAULT_OVERLAP", "FrameIndex", "Segment", "index_frames", "plan_segments", "restore_video_on_ray"]
@@ -195,26 +195,23 @@ def restore_segment(
     src: Path,
     segment: Segment,
     dst: Path,
-    *,
-    temporal_smoothing: bool = True,
-    fps: float | None = None,
-    crf: int = 18,
-    preset: str = "medium",
+    video: VideoOptions | None = None,
 ) -> int:
     """Restore one segment of ``src`` into the video file ``dst`` (no audio); returns the frames written.
 
     Decoding and restoring run in this thread (through the pipeline's frame processor, as
     :meth:`Pipeline.restore_video`), encoding in another (the single-machine encoder stage).
     """
+    video = video or VideoOptions()
     source = inspect_source(src)
-    timing = make_timing(source, fps)
+    timing = make_timing(source, video.fps)
     codec = h264_encoder()
     job = EncodeJob(
         path=dst, label=f"{src.name} (segment {segment.number})", container_format=_CONTAINER, container_options={},
-        make_settings=lambda width, height: encoder_settings(codec, crf, preset, width, height, timing.rate),
+        make_settings=lambda width, height: encoder_settings(codec, video.crf, video.preset, width, height, timing.rate),
         timing=timing, colorspace=source.colorspace,
     )
-    processor = pipeline.frame_processor(options, temporal_smoothing=temporal_smoothing)
+    processor = pipeline.frame_processor(options, temporal_smoothing=video.temporal_smoothing)
     frames_per_step = pipeline.frames_per_step
     pending: deque[_Timed] = deque()  # frames handed to the processor whose result has not come back
     with FrameEncoder(job, queue_size=_QUEUE_FRAMES) as encoder:
@@ -247,10 +244,7 @@ class VideoJob:
     out: Folder
     segments: tuple[Segment, ...]
     segment_names: tuple[str, ...]  # temporary files in ``out``, one per segment
-    temporal_smoothing: bool
-    fps: float | None
-    crf: int
-    preset: str
+    settings: VideoOptions
     threads: int
     describe: Callable[[BaseException], str]
 
@@ -274,9 +268,7 @@ class _SegmentWorker:
                     dst = Path(job.out.child(name))
                 else:
                     dst = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codeformer-"))) / name
-                frames = restore_segment(self._pipeline, self._options, src, segment, dst,
-                                         temporal_smoothing=job.temporal_smoothing, fps=job.fps, crf=job.crf,
-                                         preset=job.preset)
+                frames = restore_segment(self._pipeline, self._options, src, segment, dst, job.settings)
                 if not job.out.is_local:
                     job.out.put_file(dst, name)
         except Exception as error:  # noqa: BLE001 - the driver reports it as the video's failure
@@ -338,10 +330,7 @@ def restore_video_on_ray(
     suffix: str | None = None,
     segments: int | None = None,
     workers: Workers | None = None,
-    temporal_smoothing: bool = True,
-    fps: float | None = None,
-    crf: int = 18,
-    preset: str = "medium",
+    settings: VideoOptions | None = None,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = True,
     describe: Callable[[BaseException], str] = describe_failure,
@@ -349,11 +338,12 @@ def restore_video_on_ray(
     """Restore one video (path or URL) into ``<out>/<name>[_<suffix>].mp4`` on the connected Ray instance.
 
     ``segments``: how many pieces to cut it into (default: one per worker; fewer when the video has
-    fewer keyframes). Returns the output's location, or None when it already exists (resumed).
+    fewer keyframes); ``settings``: smoothing, frame rate and H.264 settings (the defaults of
+    :class:`~codeformer.options.VideoOptions`). Returns the output's location, or None when it already exists (resumed).
     Writes ``<out>/ray_report.jsonl``. Any failure is one :class:`CodeFormerError`; nothing is left
     under the output's name, and the segment files are removed, however the job ends.
     """
-    validate_options(1, fps, crf, preset, 1)
+    settings = settings or VideoOptions()
     out_folder = Folder(out)
     name = with_suffix_name(Path(split_location(video)[1]).stem, suffix, ".mp4")
     ledger = Ledger()
@@ -373,7 +363,7 @@ def restore_video_on_ray(
             index = index_frames(local, probe.stream_index)
             if index is None:
                 raise CodeFormerError(f"{input_name}: its frames carry no distinct timestamps, so it cannot be cut "
-                                      "into segments; restore it without --ray")
+                                      "into segments; restore it in one process, without Ray")
             plan = plan_segments(index, segments or workers.count, overlap)
             if out_folder.is_local:
                 # The segments are written here (the report always is): the folder is made now.
@@ -381,8 +371,7 @@ def restore_video_on_ray(
             names = [f".{name}.{token}.segment{segment.number:03d}.mp4" for segment in plan]
             logger.info("%s: %d frames in %d segment%s on %s", input_name, len(index.pts), len(plan),
                         "" if len(plan) == 1 else "s", workers.describe())
-            job = VideoJob(source, video, out_folder, tuple(plan), tuple(names), temporal_smoothing, fps, crf, preset,
-                           workers.cpus, describe)
+            job = VideoJob(source, video, out_folder, tuple(plan), tuple(names), settings, workers.cpus, describe)
             frames = _run_segments(job, workers, input_name, progress)
             if frames != len(index.pts):
                 logger.warning("%s: %d frames restored of the %d its packets list", input_name, frames,
@@ -403,7 +392,7 @@ def _run_segments(job: VideoJob, workers: Workers, label: str, progress: bool) -
     """Every segment through the actor pool; the frames written, or the first segment's failure raised."""
     errors: list[str] = []
     frames = 0
-    with tqdm(total=len(job.segments), desc=label, unit="segment", disable=not progress, dynamic_ncols=True) as bar:
+    with Progress(total=len(job.segments), desc=label, unit="segment", enabled=progress) as bar:
 
         def on_row(row: Mapping[str, Any]) -> None:
             nonlocal frames
@@ -412,7 +401,7 @@ def _run_segments(job: VideoJob, workers: Workers, label: str, progress: bool) -
             else:
                 frames += int(row["frames"])
                 logger.debug("segment %d: %d frames in %.1f s", row["segment"], row["frames"], row["seconds"])
-            bar.update(1)
+            bar.update(1, f"segment {row['segment']}")
 
         run_dataset([{"segment": segment.number} for segment in job.segments], _SegmentWorker, job, workers, on_row)
     if errors:

@@ -1,0 +1,134 @@
+"""What every tab of the page shares: the output panel, errors as one line in the page, progress, uploads.
+
+:class:`TabContext` is what a tab module's ``build`` gets: the pipeline cache, the folders for
+request files, the pixel limit and the one queue slot every event that runs networks shares.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+
+from codeformer.errors import CodeFormerError
+from codeformer.webapp.cache import PipelineCache
+from codeformer.webapp.handlers import OutputFolders, PictureOutcome, ProgressFn
+from codeformer.webapp.requests import phrase
+
+__all__ = ["DEVICE_SLOT", "PictureOutputs", "TabContext", "file_paths", "picture_outputs", "progress_of",
+           "show_notes", "shown_in_page"]
+
+logger = logging.getLogger(__name__)
+
+GALLERY_HEIGHT = 320  # px: a row of faces and the start of the next (it scrolls); Gradio's default leaves a gap
+DEVICE_SLOT = "serialised"  # the queue slot every event that runs networks shares: one request on the device
+
+
+@dataclass(frozen=True)
+class TabContext:
+    """What the tabs' events need."""
+
+    cache: PipelineCache
+    folders: OutputFolders
+    max_pixels: int | None
+
+
+def shown_in_page(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors become one line in the page (never a traceback); unexpected ones are logged in full."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CodeFormerError as error:
+            raise gr.Error(phrase(error), duration=None, print_exception=False) from None
+        except Exception as error:  # the page gets one line, the log gets the traceback
+            if out_of_memory(error):
+                raise gr.Error("out of memory: try a smaller upscale or a smaller picture", duration=None,
+                               print_exception=False) from None
+            logger.exception("web app request failed")
+            raise gr.Error(f"something went wrong ({type(error).__name__}); the app's log has the details",
+                           duration=None, print_exception=False) from None
+
+    return wrapper
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: Python's, the GPU's, or torch's CPU allocator (a plain RuntimeError)."""
+    import torch
+
+    return (isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
+
+
+def progress_of(progress: gr.Progress) -> ProgressFn:
+    def report(fraction: float, description: str) -> None:
+        progress(fraction, desc=description)
+
+    return report
+
+
+def show_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        gr.Warning(note)
+
+
+def file_paths(files: Any) -> list[str]:
+    """Gradio's value of a File component (None, one path or a list) as a list of paths."""
+    if files is None:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        return [str(files)]
+    return [str(getattr(file, "name", file)) for file in files]
+
+
+@dataclass
+class PictureOutputs:
+    """The output panel every picture tab shows: message, picker, comparison, faces, downloads."""
+
+    message: Any
+    picker: Any
+    comparison: Any
+    gallery: Any
+    downloads: Any
+    state: Any
+    components: list[Any] = field(default_factory=list)
+
+    def values(self, outcome: PictureOutcome) -> list[Any]:
+        # Keyed by position: two uploads may share a name.
+        choices = [(result.name, str(index)) for index, result in enumerate(outcome.results)]
+        pairs = {str(index): (str(result.before), str(result.after)) for index, result in enumerate(outcome.results)}
+        first = outcome.results[0]
+        return [
+            outcome.message,
+            gr.Dropdown(choices=choices, value="0", visible=len(choices) > 1),
+            (str(first.before), str(first.after)),
+            [(str(path), caption) for path, caption in outcome.faces],
+            [str(result.download) for result in outcome.results],
+            pairs,
+        ]
+
+
+def picture_outputs(tab: str, gallery_label: str) -> PictureOutputs:
+    """The output panel of the picture tab ``tab`` (its elements' ids start with it)."""
+    message = gr.Markdown(elem_id=f"{tab}-message", elem_classes=["message"])
+    picker = gr.Dropdown(label="Compare", choices=[], visible=False, interactive=True)
+    comparison = gr.ImageSlider(label="Before / after", type="filepath", format="png", elem_id=f"{tab}-comparison",
+                                interactive=False, buttons=["fullscreen"])
+    gallery = gr.Gallery(label=gallery_label, columns=4, fit_columns=False, height=GALLERY_HEIGHT, format="png",
+                         elem_id=f"{tab}-faces", interactive=False)
+    downloads = gr.File(label="Download (full resolution PNG)", file_count="multiple", interactive=False,
+                        elem_id=f"{tab}-downloads")
+    state = gr.State({})
+    picker.change(lambda name, pairs: pairs.get(name), inputs=[picker, state], outputs=comparison, queue=False,
+                  api_visibility="private")
+    outputs = PictureOutputs(message, picker, comparison, gallery, downloads, state)
+    outputs.components = [message, picker, comparison, gallery, downloads, state]
+    return outputs
+
