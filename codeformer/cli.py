@@ -36,18 +36,19 @@ OPTION_FLAGS = {
     "batch_size": "--batch_size", "upscale": "-s", "grayscale": "--grayscale", "max_pixels": "--max_pixels",
     "face_index": "--face_index", "min_face_size": "--min_face_size", "reference_distance": "--reference_distance",
     "fps": "--save_video_fps", "crf": "--video_crf", "preset": "--video_preset", "extension": "--ext",
-    "checkpoint": "--ckpt_path", "model": "--model", "detector": "--detection_model",
+    "checkpoint": "--ckpt_path", "model": "--model", "detector": "--detection_model", "blend": "--blend",
+    "template": "--template",
 }
 # Flag (argparse dest) -> option field, per option object; a command fills the fields of the flags it has.
 LOAD_FLAGS = {"model": "model", "detection_model": "detector", "device": "device", "precision": "precision",
               "bg_upsampler": "bg_upsampler", "face_upsample": "face_upsample", "bg_tile": "bg_tile",
               "weights_dir": "weights_dir", "batch_size": "batch_size", "compile": "compile",
-              "ckpt_path": "checkpoint"}
+              "ckpt_path": "checkpoint", "template": "template"}
 RESTORE_FLAGS = {"fidelity_weight": "fidelity_weight", "upscale": "upscale", "only_center_face": "only_center_face",
                  "largest_face": "largest_face", "face_index": "face_index", "min_face_size": "min_face_size",
                  "reference_face": "reference_face", "reference_distance": "reference_distance",
                  "draw_box": "draw_box", "grayscale": "grayscale", "report": "measure_identity",
-                 "max_pixels": "max_pixels"}
+                 "max_pixels": "max_pixels", "blend": "blend"}
 VIDEO_FLAGS = {"save_video_fps": "fps", "video_crf": "crf", "video_preset": "preset"}
 OUTPUT_FLAGS = {"output_path": "folder", "suffix": "suffix", "ext": "extension", "skip_existing": "skip_existing",
                 "report": "report", "save_frames": "save_frames"}

@@ -21,8 +21,8 @@ class OptionError(CodeFormerError):
 
     def __init__(self, option: str, value: object, reason: str) -> None:
         self.option, self.value, self.reason = option, value, reason
-        super().__init__(f"{option} {value}: {reason}")
+        super().__init__(self.phrased(option))
 
     def phrased(self, option_name: str) -> str:
-        """The message with the option called ``option_name`` (e.g. a command-line flag)."""
-        return f"{option_name} {self.value}: {self.reason}"
+        """The message with the option called ``option_name`` (e.g. a command-line flag); a missing value is not shown."""
+        return f"{option_name}: {self.reason}" if self.value is None else f"{option_name} {self.value}: {self.reason}"

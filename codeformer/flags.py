@@ -17,6 +17,7 @@ from codeformer import __version__
 from codeformer.color import GRAY_MODES
 from codeformer.device import DEVICE_CHOICES
 from codeformer.errors import OptionError
+from codeformer.face.alignment import CROP_TEMPLATES
 from codeformer.fidelity import check_fidelity_weight
 from codeformer.jobs.crop import CropJob
 from codeformer.jobs.job import EXTENSIONS, OutputOptions
@@ -67,6 +68,11 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def _positive(value: float) -> None:
     if not value > 0:
         raise OptionError("value", value, "must be greater than 0")
+
+
+def _unit_interval(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise OptionError("value", value, "must be from 0 to 1")
 
 
 def _upsampler(text: str) -> str | None:
@@ -170,13 +176,19 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     _add_io(parser, default_input="./inputs/whole_imgs",
             output_help="output folder (default: results/<input name>_<w>, as the reference)")
     parser.add_argument("--model", type=_model_or_file(whole_picture_models), default=LoadOptions.model,
-                        help=f"face restorer: {', '.join(whole_picture_models())}, or a face restoration checkpoint "
-                             "file spandrel can identify (GFPGAN, RestoreFormer, CodeFormer)")
+                        help=f"face restorer: {', '.join(whole_picture_models())}, a face restoration checkpoint "
+                             "file spandrel can identify (GFPGAN, RestoreFormer, CodeFormer), or an ONNX file "
+                             "(ours, or facefusion's codeformer, gfpgan, gpen_bfr, restoreformer_plus_plus)")
+    parser.add_argument("--template", choices=tuple(CROP_TEMPLATES), default=None,
+                        help="an ONNX model's alignment template, for files this program does not know by name")
     parser.add_argument("-w", "--fidelity_weight", "--w", dest="fidelity_weight", type=_checked(check_fidelity_weight),
                         default=None, help="CodeFormer only: balance quality (0) and fidelity to the input (1) "
                                            "(default: 0.5)")
     parser.add_argument("-s", "--upscale", type=_int_at_least(1), default=RestoreOptions.upscale,
                         help="final upscaling of whole pictures: the output is exactly input size x s")
+    parser.add_argument("--blend", type=_checked(_unit_interval), default=RestoreOptions.blend,
+                        help="how much of the restored face is pasted back, mixed with the unrestored face: "
+                             "1 = restored only, 0.5 = half and half")
     parser.add_argument("--has_aligned", action="store_true", help="inputs are aligned 512x512 face crops")
     parser.add_argument("--only_center_face", action="store_true", help="restore only the face nearest the centre")
     parser.add_argument("--largest_face", action="store_true", help="restore only the largest face")

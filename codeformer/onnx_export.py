@@ -63,6 +63,8 @@ from torch import nn
 
 from codeformer._atomic import atomic_path
 from codeformer.archs.codeformer import GENERATOR_FUSE_BLOCK, CodeFormer, FuseSFTBlock
+from codeformer.archs.gpen import GPEN
+from codeformer.archs.restoreformer_pp import RestoreFormerPP
 from codeformer.archs.vqgan import IMAGE_CHANNELS, Upsample, subpixel_kernels
 from codeformer.errors import CodeFormerError, OptionError
 from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT, NoFidelityControlError, check_fidelity_weight, fidelity_weight_for
@@ -70,7 +72,6 @@ from codeformer.restorer import (
     FaceRestorer,
     batch_to_crops,
     crops_to_batch,
-    ffhq_template,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ WEIGHT_DTYPE = torch.float64
 META_ARCHITECTURE = "codeformer.architecture"
 META_ADAIN = "codeformer.adain"
 META_FIXED_WEIGHT = "codeformer.fixed_weight"
+META_TEMPLATE = "codeformer.template"  # the crops' alignment template (a name of face.alignment.CROP_TEMPLATES)
 # Phases of a 2x nearest upsampling, in subpixel_kernels' order: (row, column) offset in the output.
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 _UPSAMPLE_FACTOR = 2
@@ -266,6 +268,18 @@ class GFPGANExport(nn.Module):
 # ------------------------------------------------------------------------------------------ export
 
 
+class _ImageOnly(nn.Module):
+    """A network that returns (image, extra) as one that returns the image (RestoreFormer++ adds its codes)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) -> (N, 3, S, S)
+        out = self.net(images)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _is_gfpgan(net: nn.Module) -> bool:
     from spandrel.architectures.GFPGAN import GFPGAN
 
@@ -283,11 +297,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _trace_to_onnx(
-    module: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], opset: int
+    module: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], opset: int,
+    *, dynamic_batch: bool = True,
 ) -> bytes:
-    """The serialized ONNX model of ``module`` traced on ``example``, batch axis dynamic."""
+    """The serialized ONNX model of ``module`` traced on ``example``, batch axis dynamic unless told otherwise."""
     buffer = io.BytesIO()
-    dynamic_axes = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+    dynamic_axes = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         # The exporter's deprecation notice and its tracer warnings about shapes read as Python
         # numbers: the batch size is traced symbolically (dynamic_axes), and the tests check N = 1 and 3.
@@ -316,15 +331,15 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def _finish(serialized: bytes, size: int, metadata: Mapping[str, str], path: Path) -> None:
-    """Give the output its static shape (N, 3, S, S), attach ``metadata``, check the model and write it atomically."""
+def _finish(serialized: bytes, size: int, metadata: Mapping[str, str], path: Path, batch: int | str = BATCH_AXIS) -> None:
+    """Give the output its shape (N, 3, S, S), attach ``metadata``, check the model and write it atomically."""
     onnx = _import_onnx()
     model = onnx.load_model_from_string(serialized)
     # The TorchScript exporter's shape inference loses the spatial sides behind the pixel shuffles
     # and names them after some Conv: state them.
     output = next(value for value in model.graph.output if value.name == OUTPUT_NAME)
     dims = output.type.tensor_type.shape.dim
-    for dim, value in zip(dims, (BATCH_AXIS, IMAGE_CHANNELS, size, size)):
+    for dim, value in zip(dims, (batch, IMAGE_CHANNELS, size, size)):
         if isinstance(value, str):
             dim.dim_param = value
         else:
@@ -387,6 +402,19 @@ def export_onnx(
         if fixed_weight is not None:
             metadata[META_FIXED_WEIGHT] = repr(float(fixed_weight))
         serialized = _trace_to_onnx(module, example, [INPUT_NAME, WEIGHT_NAME], opset)
+    elif isinstance(net, (GPEN, RestoreFormerPP)):
+        # StyleGAN2's modulated convolutions fold the batch into the groups: one face per run, as
+        # facefusion's files are made.
+        if fixed_weight is not None:
+            raise NoFidelityControlError(type(net).__name__, fixed_weight)
+        gpen = isinstance(net, GPEN)
+        size = _check_input_size(input_size, net.config.size if gpen else input_size or 512, type(net).__name__)
+        _require_float32(net, type(net).__name__)
+        metadata = {META_ARCHITECTURE: "GPEN" if gpen else "RestoreFormer++", META_TEMPLATE: "gpen" if gpen else "ffhq_512"}
+        example = (torch.zeros(1, IMAGE_CHANNELS, size, size, device=_device_of(net)),)
+        serialized = _trace_to_onnx(_ImageOnly(net).eval(), example, [INPUT_NAME], opset, dynamic_batch=False)
+        _finish(serialized, size, metadata, path, batch=1)
+        return path
     elif _is_gfpgan(net):
         if fixed_weight is not None:
             raise NoFidelityControlError("GFPGAN", fixed_weight)
@@ -398,8 +426,8 @@ def export_onnx(
             serialized = _trace_to_onnx(module, example, [INPUT_NAME], opset)
     else:
         raise CodeFormerError(
-            f"cannot export a {type(net).__name__} to ONNX: export this project's CodeFormer "
-            "(build_codeformer) or spandrel's GFPGAN (GFPGANv1.2-1.4 files)"
+            f"cannot export a {type(net).__name__} to ONNX: export this project's CodeFormer, GPEN or "
+            "RestoreFormer++ (codeformer.archs), or spandrel's GFPGAN (GFPGANv1.2-1.4 files)"
         )
     _finish(serialized, size, metadata, path)
     return path
@@ -416,6 +444,10 @@ def export_restorer_onnx(
     """
     if isinstance(restorer, FaceRestorer):
         return export_onnx(restorer.net, path, opset=opset, adain=restorer.adain, fixed_weight=restorer.fixed_weight)
+    from codeformer.network_restorer import NetworkRestorer
+
+    if isinstance(restorer, NetworkRestorer):
+        return export_onnx(restorer.net, path, opset=opset, input_size=restorer.input_size)
     descriptor = getattr(restorer, "descriptor", None)
     if descriptor is None:
         raise CodeFormerError(f"cannot export {restorer.name} to ONNX: export CodeFormer or GFPGAN models")
@@ -452,6 +484,14 @@ def onnx_session(
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         raise CodeFormerError(f"ONNX Runtime could not load {path} ({_first_line(error)}): export it again") from None
+
+
+def onnx_providers(device: torch.device) -> tuple[str, ...]:
+    """ONNX Runtime's execution providers for a torch device: CUDA's when it is installed, else the CPU's."""
+    ort = _import_onnxruntime()
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return ("CPUExecutionProvider",)
 
 
 def _weight_feed(spec: Any, weight: float | np.ndarray) -> np.ndarray:
@@ -512,14 +552,44 @@ def run_onnx(
     return batch_to_crops(torch.from_numpy(_run(session, batch, weight)))
 
 
-class OnnxRestorer:
-    """An exported CodeFormer or GFPGAN graph run by ONNX Runtime, as a :class:`~codeformer.restorer.Restorer`.
+# Other tools' face restoration files, by file name: the alignment template their crops use
+# (facefusion's face enhancer models; every other one of them uses ffhq_512).
+KNOWN_FILE_TEMPLATES: Mapping[str, str] = {
+    "codeformer": "ffhq_512", "gfpgan_1.2": "ffhq_512", "gfpgan_1.3": "ffhq_512", "gfpgan_1.4": "ffhq_512",
+    "gpen_bfr_256": "arcface_128", "gpen_bfr_512": "ffhq_512", "gpen_bfr_1024": "ffhq_512",
+    "gpen_bfr_2048": "ffhq_512", "restoreformer_plus_plus": "ffhq_512",
+}
 
-    Same crops in, same pre- and post-processing as :class:`FaceRestorer` (float32 only); the
-    fidelity weight goes into the graph at run time. Also runs other tools' files with the same
-    interface (``input``, optional ``weight``, first output), including fixed-batch ones.
-    ``fixed_weight`` pins the weight (None: the file's pinned weight, if it records one);
-    ``threads``: ONNX Runtime's intra-op threads (None: one per physical core).
+
+def onnx_template(path: Path, metadata: Mapping[str, str], template: str | None) -> str:
+    """The crop template a graph's faces are aligned with: ``template`` if given, else what the file says."""
+    from codeformer.face.alignment import CROP_TEMPLATES
+
+    if template is not None:
+        if template not in CROP_TEMPLATES:
+            raise OptionError("template", template, f"choose one of {', '.join(CROP_TEMPLATES)}")
+        return template
+    if META_TEMPLATE in metadata:  # written here
+        return metadata[META_TEMPLATE]
+    if META_ARCHITECTURE in metadata:  # written here before templates were recorded: FFHQ-aligned
+        return "ffhq_512"
+    known = KNOWN_FILE_TEMPLATES.get(path.stem.lower())
+    if known is None:
+        raise OptionError("template", None, f"{path.name} is not a file this program knows: say which alignment "
+                                            f"template its crops use ({', '.join(CROP_TEMPLATES)})")
+    return known
+
+
+class OnnxRestorer:
+    """A face restoration graph run by ONNX Runtime, as a :class:`~codeformer.restorer.Restorer`.
+
+    Ours (``codeformer export onnx``) and other tools' files with the same interface: an ``input``
+    of square crops (N, 3, S, S) RGB in [-1, 1], an optional ``weight`` (the fidelity weight, fed as
+    the graph declares it, float64 for facefusion's files), the first output; fixed-batch graphs too.
+    Same pre- and post-processing as :class:`FaceRestorer` (float32 only). The crop size is read from
+    the graph; the alignment template from ``template`` (``ffhq_512``, ``arcface_128``), else from
+    the file (:func:`onnx_template`). ``fixed_weight`` pins the weight (None: the file's pinned weight,
+    if it records one); ``threads``: ONNX Runtime's intra-op threads (None: one per physical core).
 
     Example::
 
@@ -537,7 +607,10 @@ class OnnxRestorer:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         fixed_weight: float | None = None,
+        template: str | None = None,
     ) -> None:
+        from codeformer.face.alignment import CROP_TEMPLATES
+
         self.path = Path(path)
         self.name = name or self.path.name
         self.session = onnx_session(self.path, threads=threads, providers=providers)
@@ -548,10 +621,11 @@ class OnnxRestorer:
         if len(shape) != 4 or not isinstance(shape[-1], int) or shape[-1] != shape[-2]:
             raise CodeFormerError(f"{self.path} takes input of shape {shape}, not square crops (N, 3, S, S)")
         self.input_size: int = shape[-1]
-        self.template: np.ndarray = ffhq_template(self.input_size)  # (5, 2) float64
         # A graph exported with a fixed batch runs that many crops at a time.
         self._graph_batch: int | None = shape[0] if isinstance(shape[0], int) else None
         metadata = self.session.get_modelmeta().custom_metadata_map
+        self.template_name = onnx_template(self.path, metadata, template)
+        self.template: np.ndarray = CROP_TEMPLATES[self.template_name] * self.input_size  # (5, 2) float64
         if fixed_weight is None and META_FIXED_WEIGHT in metadata:
             fixed_weight = float(metadata[META_FIXED_WEIGHT])
         self._has_weight = WEIGHT_NAME in inputs
@@ -565,7 +639,8 @@ class OnnxRestorer:
         """One line for the log, e.g. ``onnxruntime 1.20.1, CPUExecutionProvider, fp32, 512x512 crops``."""
         ort = _import_onnxruntime()
         providers = "+".join(self.session.get_providers())
-        return f"onnxruntime {ort.__version__}, {providers}, fp32, {self.input_size}x{self.input_size} crops"
+        return (f"onnxruntime {ort.__version__}, {providers}, fp32, {self.input_size}x{self.input_size} crops, "
+                f"{self.template_name} template")
 
     def _weight(self, fidelity_weight: float | None) -> float | None:
         default = DEFAULT_FIDELITY_WEIGHT if self._has_weight else None

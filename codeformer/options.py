@@ -130,6 +130,7 @@ class LoadOptions:
     batch_size: int | None = None  # faces per forward; None: 1 on the CPU, 4 on GPUs
     compile: bool = False  # torch.compile the generator
     checkpoint: PathLike | None = None  # a file to load for `model` instead of its registry file
+    template: str | None = None  # an ONNX model's crop template (ffhq_512, arcface_128); None: known from the file
     progress: bool = False  # progress bars inside long steps (upsampler tiles, the faces of a picture)
 
     def __post_init__(self) -> None:
@@ -149,6 +150,11 @@ class LoadOptions:
         if self.batch_size is not None:
             _whole_number("batch_size", self.batch_size, 1)
         _whole_number("bg_tile", self.bg_tile, 0)
+        if self.template is not None:
+            from codeformer.face.alignment import CROP_TEMPLATES
+
+            if self.template not in CROP_TEMPLATES:
+                raise OptionError("template", self.template, f"choose one of {', '.join(CROP_TEMPLATES)}")
 
     @property
     def spec(self) -> ModelSpec | None:
@@ -208,6 +214,7 @@ class RestoreOptions:
     grayscale: GrayMode = "auto"  # restored faces stay gray in gray pictures: detected, or forced on/off
     measure_identity: bool = False  # give each face its identity distance input -> restored
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse pictures and outputs larger than this (None: no limit)
+    blend: float = 1.0  # the restored face mixed with the unrestored one: 1 = restored only, 0 = unchanged
 
     def __post_init__(self) -> None:
         set_value = object.__setattr__  # frozen: normalise through the back door, once, here
@@ -232,6 +239,10 @@ class RestoreOptions:
                 raise OptionError("max_pixels", self.max_pixels,
                                   "must be a whole number of pixels >= 1, or None for no limit")
             set_value(self, "max_pixels", int(self.max_pixels))
+        if isinstance(self.blend, bool) or not isinstance(self.blend, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(self.blend) and 0.0 <= self.blend <= 1.0):
+            raise OptionError("blend", self.blend, "must be a number from 0 (the face unchanged) to 1 (restored)")
+        set_value(self, "blend", float(self.blend))
         for flag in ("only_center_face", "largest_face", "draw_box", "measure_identity"):
             set_value(self, flag, bool(getattr(self, flag)))
 

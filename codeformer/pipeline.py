@@ -49,6 +49,7 @@ from codeformer.restoration import (
     RestoredFace,
     RestoreResult,
     alignment_template,
+    blend_faces,
     restore_whole_pictures,
     working_image,
 )
@@ -211,13 +212,15 @@ class Pipeline:
             masks = [paint_mask_of(p, size) for p in pictures]
             outputs = inpaint_aligned(self.restorer, crops, masks, batch_size=self.batch_size)
         elif self.task == "restore":
-            outputs = restore_aligned_crops(self.restorer, crops, fidelity_weight=options.fidelity_weight,
-                                            gray=options.grayscale, batch_size=self.batch_size)
+            outputs = blend_faces(restore_aligned_crops(self.restorer, crops, fidelity_weight=options.fidelity_weight,
+                                                        gray=options.grayscale, batch_size=self.batch_size),
+                                  crops, options.blend)
         else:
             outputs = self.restorer.restore_crops(crops, batch_size=self.batch_size)
         frame = np.array([0.0, 0.0, size, size])
         return [RestoreResult(picture.with_alpha(out),
-                              (RestoredFace(frame.copy(), self.restorer.template.copy(), 1.0, crop, out),))
+                              (RestoredFace(frame.copy(), self.restorer.template.copy(), 1.0, crop, out,
+                                            blend=options.blend if self.task == "restore" else 1.0),))
                 for picture, crop, out in zip(pictures, crops, outputs)]
 
     # -------------------------------------------------------------------------------------- video
@@ -343,7 +346,8 @@ def load_pipeline(model: PathLike | LoadOptions = "codeformer", **keywords: Any)
     resolve_precision(options.precision, target)  # a precision the device cannot run fails before any download
 
     context = LoadContext(device=target, weights_dir=options.weights_dir, precision=options.precision,
-                          compile=options.compile, tile=options.bg_tile, half=options.upsampler_half)
+                          compile=options.compile, tile=options.bg_tile, half=options.upsampler_half,
+                          template=options.template)
     # What to load, decided before anything is: every file the job needs is fetched (or all the
     # missing ones listed) first, so a machine without internet hears of all of them at once.
     whole_pictures = options.whole_pictures

@@ -62,6 +62,7 @@ class LoadContext:
     compile: bool = False
     tile: int = 400  # upsamplers: tile side, 0 = whole picture
     half: bool | None = None  # upsamplers: None = fp16 on CUDA, fp32 elsewhere
+    template: str | None = None  # ONNX restorers: their crops' alignment template (None: known from the file)
 
     def file(self, spec: ModelSpec) -> Path:
         """The checkpoint to load for ``spec``: the given one, else its table file (downloaded on first use)."""
@@ -122,11 +123,20 @@ def _spandrel_face(spec: ModelSpec, context: LoadContext) -> Restorer:
     return SpandrelRestorer.from_file(context.file(spec), context.device, precision=context.precision, name=spec.name)
 
 
+def _onnx_file(spec: ModelSpec, context: LoadContext) -> Restorer:
+    from codeformer.onnx_export import OnnxRestorer, onnx_providers
+
+    return OnnxRestorer(context.file(spec), name=spec.name, template=context.template,
+                        providers=onnx_providers(context.device))
+
+
 def _checkpoint_file(spec: ModelSpec, context: LoadContext) -> Restorer:
-    """A face restoration checkpoint the user brings: our CodeFormer if it is one, else through spandrel."""
+    """A face restoration file the user brings: ONNX, our CodeFormer if it is one, else through spandrel."""
     from codeformer.archs.codeformer import is_codeformer_state_dict
     from codeformer.weights import load_state_dict
 
+    if context.file(spec).suffix.lower() == ".onnx":
+        return _onnx_file(spec, context)
     if is_codeformer_state_dict(load_state_dict(context.file(spec))):
         return _codeformer(spec, context)
     return _spandrel_face(spec, context)
@@ -136,6 +146,20 @@ def checkpoint_spec(path: Path) -> ModelSpec:
     """The spec of a restorer loaded from a file the user brings (GFPGAN, RestoreFormer, CodeFormer, ...)."""
     return ModelSpec(path.name, "restorer", (), f"face restoration checkpoint {path}", _checkpoint_file,
                      task="restore", input_size=None, template="ffhq")
+
+
+def _gpen(spec: ModelSpec, context: LoadContext) -> Restorer:
+    from codeformer.network_restorer import NetworkRestorer
+
+    return NetworkRestorer.gpen_from_file(context.file(spec), context.device, precision=context.precision,
+                                          name=spec.name)
+
+
+def _restoreformer_pp(spec: ModelSpec, context: LoadContext) -> Restorer:
+    from codeformer.network_restorer import NetworkRestorer
+
+    return NetworkRestorer.restoreformer_pp_from_file(context.file(spec), context.device,
+                                                      precision=context.precision, name=spec.name)
 
 
 def _vqgan(spec: ModelSpec, context: LoadContext) -> Restorer:
@@ -201,6 +225,12 @@ MODELS: Mapping[str, ModelSpec] = _table(
     ModelSpec("gfpgan_v1.4", "restorer", ("gfpgan/GFPGANv1.4.pth",),
               "GFPGAN v1.4: more detail than v1.3, keeps identity well; no fidelity control",
               _spandrel_face, task="restore", **_FACE),
+    *(ModelSpec(f"gpen_bfr_{size}", "restorer", (f"gpen/GPEN-BFR-{size}.pth",),
+                f"GPEN-BFR {size}: a StyleGAN2 prior, natural skin and detail; {size}x{size} faces",
+                _gpen, task="restore", input_size=size, template="gpen") for size in (256, 512, 1024, 2048)),
+    ModelSpec("restoreformer_plus_plus", "restorer", ("restoreformer/RestoreFormer++.ckpt",),
+              "RestoreFormer++: keeps who the person is best among single-pass models; no fidelity control",
+              _restoreformer_pp, task="restore", **_FACE),
     ModelSpec("vqgan", "restorer", ("CodeFormer/vqgan_code1024.pth",),
               "CodeFormer's VQGAN alone: what the codebook can represent of an aligned face",
               _vqgan, task="reconstruct", **_FACE),

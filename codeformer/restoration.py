@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
 
 from codeformer.color import GrayMode, is_gray, to_gray
-from codeformer.face.alignment import FACE_SIZE, TEMPLATES, estimate_alignment, warp_face
+from codeformer.face.alignment import FACE_SIZE, FFHQ_TEMPLATE_5, TEMPLATES, estimate_alignment, transform_points, warp_face
 from codeformer.face.detection import DetectedFace, FaceDetector, find_faces
 from codeformer.face.pasteback import PARSE_SIZE, PastedFace, paste_faces
 from codeformer.face.selection import choose_faces, left_to_right_numbers
@@ -75,6 +75,8 @@ class RestoredFace:
     number: int = 0  # left to right in a picture (from 0), its track in a video
     identity_distance: float | None = None  # embedding distance aligned -> restored, when measured
     detected: bool = True  # False: filled in from the neighbouring frames of its track (video)
+    blend: float = 1.0  # how much of the restored face ``restored`` holds (the rest: the unrestored crop)
+    reference_distance: float | None = None  # identity distance to the reference person, when one is given
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +88,7 @@ class SkippedFace:
     score: float
     number: int
     reason: str  # e.g. "not the largest face", "smaller than 40 px (31 px)"
+    reference_distance: float | None = None  # identity distance to the reference person, when one is given
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class FacePlan:
     crops: tuple[np.ndarray, ...]  # (S, S, 3) BGR uint8 each, S = the restorer's input size
     gray: bool  # restored faces are to be made gray (detected or forced)
     skipped: tuple[SkippedFace, ...] = ()  # faces found but not restored, and why
+    reference_distances: tuple[float | None, ...] = ()  # per face to restore, when a reference person is given
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,19 @@ def working_image(picture: Picture) -> tuple[np.ndarray, float]:
 def alignment_template(restorer: Restorer, landmark_order: str) -> np.ndarray:
     """Where a detector's 5 landmarks go in the restorer's crops: (5, 2) float64.
 
-    FFHQ-order landmarks take the restorer's own template; other orders (dlib's eye corners) take
-    their 512 template scaled to the restorer's input size.
+    FFHQ-order landmarks take the restorer's own template. Other orders (dlib's eye corners) have a
+    512 template for FFHQ crops: scaled to the restorer's input size when its crops are FFHQ crops,
+    else carried into its crops by the similarity that maps the FFHQ template onto the restorer's
+    (GPEN's crops frame the face more tightly).
     """
     if landmark_order == "ffhq":
         return restorer.template
-    return TEMPLATES[landmark_order] * (restorer.input_size / FACE_SIZE)
+    scale = restorer.input_size / FACE_SIZE
+    if np.allclose(restorer.template, FFHQ_TEMPLATE_5 * scale):
+        return TEMPLATES[landmark_order] * scale
+    ffhq_to_restorer = estimate_alignment(FFHQ_TEMPLATE_5, restorer.template)
+    assert ffhq_to_restorer is not None  # two templates of the same face: never degenerate
+    return transform_points(ffhq_to_restorer, TEMPLATES[landmark_order])
 
 
 def plan_faces(picture: Picture, models: Models, options: RestoreOptions) -> FacePlan:
@@ -155,6 +166,10 @@ def plan_faces(picture: Picture, models: Models, options: RestoreOptions) -> Fac
     return plan_detected(picture, image, scale, faces, numbers, models, options)
 
 
+# (face numbers, their distances to the reference person) -> the distances to choose by (a video: per track)
+ChoiceDistances = Callable[[Sequence[int], Sequence[float]], Sequence[float]]
+
+
 def plan_detected(
     picture: Picture,
     image: np.ndarray,
@@ -163,8 +178,13 @@ def plan_detected(
     numbers: Sequence[int],
     models: Models,
     options: RestoreOptions,
+    choice_distances: ChoiceDistances | None = None,
 ) -> FacePlan:
-    """Align faces found on the working ``image`` (picture x ``scale``) and choose which to restore."""
+    """Align faces found on the working ``image`` (picture x ``scale``) and choose which to restore.
+
+    ``choice_distances``: turns each face's distance to the reference person into the one it is
+    chosen by (a video passes its tracks' distances); the face's own distance is what is reported.
+    """
     gray = options.grayscale == "on" or (options.grayscale == "auto" and is_gray(image))
     template = alignment_template(models.restorer, models.detector.template_name)
     size = models.restorer.input_size
@@ -183,14 +203,17 @@ def plan_detected(
         embedder = _embedder(models)
         distances = identity_distance(embedder.embed([crop for *_, crop in aligned]), selection.reference).tolist()
     boxes = np.array([face.box / scale for face, *_ in aligned]).reshape(-1, 4)
-    reasons = choose_faces(boxes, numbers=[number for _, number, *_ in aligned], height=picture.height,
-                           width=picture.width, selection=selection, distances=distances)
-    chosen = [entry for entry, reason in zip(aligned, reasons) if reason is None]
-    skipped += [_skipped(face, scale, number, reason)
-                for (face, number, *_), reason in zip(aligned, reasons) if reason is not None]
-    return FacePlan(image, scale, tuple(face for face, *_ in chosen), tuple(number for _, number, *_ in chosen),
-                    tuple(affine for _, _, affine, _ in chosen), tuple(crop for *_, crop in chosen), gray,
-                    tuple(skipped))
+    aligned_numbers = [number for _, number, *_ in aligned]
+    by = choice_distances(aligned_numbers, distances) if choice_distances is not None and distances else distances
+    reasons = choose_faces(boxes, numbers=aligned_numbers, height=picture.height, width=picture.width,
+                           selection=selection, distances=by)
+    own = distances if distances is not None else [None] * len(aligned)
+    chosen = [(entry, distance) for entry, reason, distance in zip(aligned, reasons, own) if reason is None]
+    skipped += [_skipped(face, scale, number, reason, distance)
+                for (face, number, *_), reason, distance in zip(aligned, reasons, own) if reason is not None]
+    return FacePlan(image, scale, tuple(face for (face, *_), _ in chosen), tuple(number for (_, number, *_), _ in chosen),
+                    tuple(affine for (_, _, affine, _), _ in chosen), tuple(crop for (*_, crop), _ in chosen), gray,
+                    tuple(skipped), tuple(distance for _, distance in chosen))
 
 
 def _embedder(models: Models) -> FaceEmbedder:
@@ -199,15 +222,23 @@ def _embedder(models: Models) -> FaceEmbedder:
     return models.embedder
 
 
-def _skipped(face: DetectedFace, scale: float, number: int, reason: str) -> SkippedFace:
-    return SkippedFace(face.box / scale, face.landmarks / scale, face.score, number, reason)
+def _skipped(face: DetectedFace, scale: float, number: int, reason: str,
+             reference_distance: float | None = None) -> SkippedFace:
+    return SkippedFace(face.box / scale, face.landmarks / scale, face.score, number, reason, reference_distance)
 
 
-def finish_restored(plan: FacePlan, restored: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Restored faces as they are pasted: made gray, toned like their crops, for gray pictures."""
-    if not plan.gray:
+def blend_faces(restored: Sequence[np.ndarray], crops: Sequence[np.ndarray], blend: float) -> list[np.ndarray]:
+    """``blend`` of each restored face mixed with the rest of its unrestored crop (1: the restored face as is)."""
+    if blend >= 1.0:
         return list(restored)
-    return [to_gray(face, crop) for face, crop in zip(restored, plan.crops)]
+    return [np.clip(np.rint(blend * face.astype(np.float32) + (1.0 - blend) * crop.astype(np.float32)), 0,
+                    255).astype(np.uint8) for face, crop in zip(restored, crops)]
+
+
+def finish_restored(plan: FacePlan, restored: Sequence[np.ndarray], blend: float = 1.0) -> list[np.ndarray]:
+    """Restored faces as they are pasted: made gray, toned like their crops, for gray pictures; blended."""
+    faces = [to_gray(face, crop) for face, crop in zip(restored, plan.crops)] if plan.gray else list(restored)
+    return blend_faces(faces, plan.crops, blend)
 
 
 def _canvas(picture: Picture, size: tuple[int, int], bg_upsampler: Upsampler | None, upscale: int,
@@ -303,7 +334,7 @@ def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models
     results, start = [], 0
     for index, (picture, plan) in enumerate(zip(pictures, plans)):
         count = len(plan.crops)
-        restored = finish_restored(plan, outputs[start:start + count])
+        restored = finish_restored(plan, outputs[start:start + count], options.blend)
         final = compose(
             picture, plan, restored, upscale=options.upscale, parser=models.parser,
             bg_upsampler=models.bg_upsampler, face_upsampler=models.face_upsampler,
@@ -311,9 +342,11 @@ def restore_plans(pictures: Sequence[Picture], plans: Sequence[FacePlan], models
         )
         flags = detected[index] if detected is not None else [True] * count
         faces = tuple(
-            RestoredFace(*_in_picture(face, plan.work_scale), face.score, crop, out, number, distance, flag)
-            for face, number, crop, out, distance, flag in zip(plan.faces, plan.numbers, plan.crops, restored,
-                                                                 distances[start:start + count], flags)
+            RestoredFace(*_in_picture(face, plan.work_scale), face.score, crop, out, number, distance, flag,
+                         options.blend, reference)
+            for face, number, crop, out, distance, flag, reference in zip(
+                plan.faces, plan.numbers, plan.crops, restored, distances[start:start + count], flags,
+                plan.reference_distances or [None] * count)
         )
         start += count
         results.append(RestoreResult(final, faces, plan.skipped))

@@ -8,13 +8,16 @@ faces missed for a few frames are filled in from their neighbours (so they do no
 unrestored), the faces of all decided frames are restored in one batch and pasted back. Memory is
 the held frames: ``window`` plus one batch, whatever the video's length.
 
-Faces are numbered by track (first appearance from 0), which is what a video's face choice uses.
+Faces are numbered by track (first appearance from 0), which is what a video's face choice uses. A
+reference person is chosen by track too: each frame restores the track whose faces have been
+nearest the person on average so far (one person is one track), not whichever face of the frame
+happens to be nearest, so a look-alike never takes over for a frame.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,6 +56,8 @@ class TemporalFaceRestorer:
         # Frames pushed to the tracker and not yet restored: (picture, working image, its scale).
         self._held: deque[tuple[Picture, np.ndarray, float]] = deque()
         self._next_index = 0
+        # Each track's distances to the reference person so far: (sum, count).
+        self._track_distances: dict[int, tuple[float, int]] = {}
 
     @property
     def held_frames(self) -> int:
@@ -82,7 +87,8 @@ class TemporalFaceRestorer:
         held = [self._held.popleft() for _ in decided]
         plans = [
             plan_detected(picture, image, scale, [face.face for face in frame.faces],
-                          [face.track_id for face in frame.faces], self._models, self._options)
+                          [face.track_id for face in frame.faces], self._models, self._options,
+                          choice_distances=self._by_track)
             for (picture, image, scale), frame in zip(held, decided)
         ]
         detected = [[_was_detected(frame, number) for number in plan.numbers] for frame, plan in zip(decided, plans)]
@@ -92,6 +98,14 @@ class TemporalFaceRestorer:
             for frame, result in zip(decided, results):
                 self._on_frame(frame.frame_index, result)
         return [result.image for result in results]
+
+
+    def _by_track(self, tracks: Sequence[int], distances: Sequence[float]) -> list[float]:
+        """Each face's track's mean distance to the reference person, this frame included."""
+        for track, distance in zip(tracks, distances):
+            total, count = self._track_distances.get(track, (0.0, 0))
+            self._track_distances[track] = (total + distance, count + 1)
+        return [self._track_distances[track][0] / self._track_distances[track][1] for track in tracks]
 
 
 def _was_detected(frame: TrackedFrame, track_id: int) -> bool:

@@ -62,6 +62,13 @@ CHECKS_NAME = ".checked.json"
 DOWNLOAD_COMMAND = "python scripts/download_pretrained_models.py"
 
 _RELEASE = "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0"
+_GPEN_BUCKET = "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models"
+# GPEN-BFR-1024 and -2048 were published on ModelScope by the authors' lab (Alibaba DAMO).
+_GPEN_HIRES = ("https://modelscope.cn/api/v1/models/damo/cv_gpen_image-portrait-enhancement-hires/repo"
+               "?Revision=master&FilePath=")
+# The GPEN repository has no licence file; its README said "For academic and non-commercial use only"
+# until March 2026 and still calls the released files restricted "due to commercial issues".
+_GPEN_LICENSE = "non-commercial (GPEN's README: academic and non-commercial use only)"
 _CODEFORMER_LICENSE = "S-Lab License 1.0 (non-commercial)"
 _DLIB_LICENSE = "public domain (dlib-models, Davis E. King)"
 
@@ -186,10 +193,32 @@ WEIGHTS: Mapping[str, WeightFile] = _table(
         "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", 348632874,
         "Apache-2.0 (GFPGAN)", "GFPGAN v1.4 face restoration",
     ),
+    # No sha256 is published for these: the first download records its own (RECORD_SUFFIX).
+    WeightFile(
+        "gpen/GPEN-BFR-256.pth", f"{_GPEN_BUCKET}/GPEN-BFR-256.pth", None, None,
+        _GPEN_LICENSE, "GPEN-BFR 256 face restoration",
+    ),
+    WeightFile(
+        "gpen/GPEN-BFR-512.pth", f"{_GPEN_BUCKET}/GPEN-BFR-512.pth", None, None,
+        _GPEN_LICENSE, "GPEN-BFR 512 face restoration",
+    ),
+    WeightFile(
+        "gpen/GPEN-BFR-1024.pth", f"{_GPEN_HIRES}pytorch_model.pt", None, None,
+        _GPEN_LICENSE, "GPEN-BFR 1024 face restoration",
+    ),
+    WeightFile(
+        "gpen/GPEN-BFR-2048.pth", f"{_GPEN_HIRES}pytorch_model-2048.pt", None, None,
+        _GPEN_LICENSE, "GPEN-BFR 2048 face restoration",
+    ),
+    WeightFile(
+        "restoreformer/RestoreFormer++.ckpt",
+        "https://github.com/wzhouxiff/RestoreFormerPlusPlus/releases/download/v1.0.0/RestoreFormer++.ckpt",
+        None, None, "Apache-2.0 (RestoreFormerPlusPlus)", "RestoreFormer++ face restoration",
+    ),
 )
 
 # Folders of the weights root that `download_pretrained_models.py` knows by name, in display order.
-WEIGHT_GROUPS: tuple[str, ...] = ("CodeFormer", "facelib", "dlib", "realesrgan", "gfpgan")
+WEIGHT_GROUPS: tuple[str, ...] = ("CodeFormer", "facelib", "dlib", "realesrgan", "gfpgan", "gpen", "restoreformer")
 
 
 def weight_entry(key: str) -> WeightFile:

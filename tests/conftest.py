@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -40,6 +41,31 @@ def restoration_weights(weights_root: Path, tmp_path_factory: pytest.TempPathFac
     """The weights root with a random ``CodeFormer/codeformer.pth``."""
     _link(cached_codeformer_checkpoint(tmp_path_factory, "codeformer"), weights_root / _CHECKPOINT_FILES["codeformer"])
     return weights_root
+
+
+@pytest.fixture(scope="session")
+def small_restoration_weights(tmp_path_factory: pytest.TempPathFactory, parsing_weights: Path) -> Path:
+    """A weights root whose ``CodeFormer/codeformer.pth`` is a small CodeFormer (128 px crops) in the official
+    layout's structure, and the official-layout ParseNet: whole commands in a fraction of the time.
+
+    The command reads the network's size from the file, so everything but the crop size (alignment,
+    paste-back, parsing, the output layout) runs as with the full-size file.
+    """
+    from checkpoint_factory import SMALL_CONFIG, write_small_codeformer_checkpoint
+
+    from codeformer.face.retinaface import build_retinaface
+
+    root = tmp_path_factory.mktemp("small_weights")
+    write_small_codeformer_checkpoint(root / _CHECKPOINT_FILES["codeformer"], SMALL_CONFIG)
+    _link(parsing_weights / "facelib" / "parsing_parsenet.pth", root / "facelib" / "parsing_parsenet.pth")
+    # A RetinaFace (MobileNet, the small one) that finds no face, for runs where faces do not matter.
+    torch.manual_seed(0)
+    state = build_retinaface("mobile0.25", torch.device("cpu")).state_dict()
+    for head in range(3):
+        state[f"ClassHead.{head}.conv1x1.weight"].zero_()
+        state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
+    torch.save(state, root / "facelib" / "detection_mobilenet0.25_Final.pth")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +130,69 @@ def _reset_codeformer_logging() -> None:
     for handler in list(package_logger.handlers):
         package_logger.removeHandler(handler)
     package_logger.propagate = True
+
+
+# --------------------------------------------------------------------------------- shared work
+# The suite runs many whole commands in this process on the same few pictures and weights. Two
+# things they repeat are shared for the session, without changing what any command computes:
+# dlib's detections of identical pictures (its CNN is deterministic and takes seconds per picture),
+# and the pipeline a command line loads for identical load options and identical weight files.
+
+
+def _weights_identity(options) -> tuple:
+    """The files a pipeline would be built from, by path, size and modification time."""
+    from codeformer.weights import resolve_weights_dir
+
+    root = resolve_weights_dir(options.weights_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) if root.is_dir() else []
+    explicit = [Path(p).expanduser() for p in (options.model, options.checkpoint, options.bg_upsampler)
+                if p is not None and Path(p).expanduser().is_file()]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (*files, *explicit))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tuned_runtime() -> None:
+    """The process-wide CPU settings every entry point applies (codeformer.precision.configure_cpu_runtime):
+    the commands the suite runs in this process then compute as they do when a user runs them."""
+    from codeformer.precision import configure_cpu_runtime
+
+    configure_cpu_runtime()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _share_detections_and_pipelines() -> None:
+    from collections import OrderedDict
+
+    from codeformer.face import dlib_detector
+    from codeformer.jobs import run
+
+    detect = dlib_detector.DlibDetector.detect
+    detections: dict[tuple, list] = {}
+
+    def remembered_detect(self, image: np.ndarray) -> list:
+        key = (image.shape, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest(), self._upsample_times)
+        if key not in detections:
+            detections[key] = detect(self, image)
+        return list(detections[key])
+
+    load = run._load
+    pipelines: OrderedDict[tuple, object] = OrderedDict()
+
+    def shared_load(job):
+        options = job.loading()
+        key = (options, _weights_identity(options))
+        pipeline = pipelines.get(key)
+        if pipeline is None:
+            pipeline, prepared = load(job)
+            pipelines[key] = pipeline
+            while len(pipelines) > 2:  # each holds a CodeFormer: keep memory bounded
+                pipelines.popitem(last=False)
+            return pipeline, prepared
+        pipelines.move_to_end(key)
+        logging.getLogger("codeformer.pipeline").info("loaded %s", pipeline.describe())
+        return pipeline, pipeline.prepare(job.restore)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dlib_detector.DlibDetector, "detect", remembered_detect)
+        patch.setattr(run, "_load", shared_load)
+        yield

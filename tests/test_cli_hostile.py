@@ -82,11 +82,11 @@ def hostile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_a_hostile_folder_is_accounted_for_file_by_file(hostile_folder: Path, restoration_weights: Path,
+def test_a_hostile_folder_is_accounted_for_file_by_file(hostile_folder: Path, small_restoration_weights: Path,
                                                         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = restore_main(["--has_aligned", "-i", str(hostile_folder), "-o", str(out), "--weights_dir",
-                         str(restoration_weights), "--device", "cpu"])
+                         str(small_restoration_weights), "--device", "cpu"])
     err = capfd.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert sorted(p.name for p in (out / "restored_faces").iterdir()) == ["-dash.png", "a.png"]
@@ -114,10 +114,10 @@ def test_a_bad_input_path_is_one_line(make, message: str, tmp_path: Path, capfd:
     assert not (tmp_path / "out").exists()
 
 
-def test_a_file_named_with_a_leading_dash(restoration_weights: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_file_named_with_a_leading_dash(small_restoration_weights: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "-x.png", np.zeros((512, 512, 3), np.uint8))
-    assert restore_main(["--has_aligned", "-i", "-x.png", "-o", "out", "--weights_dir", str(restoration_weights),
+    assert restore_main(["--has_aligned", "-i", "-x.png", "-o", "out", "--weights_dir", str(small_restoration_weights),
                          "--device", "cpu", "-q"]) == 0
     assert (tmp_path / "out" / "restored_faces" / "-x.png").is_file()
 
@@ -128,7 +128,7 @@ def test_failed_runs_leave_no_empty_folders(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("CODEFORMER_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # offline: the download fails
     write_image(tmp_path / "face.png", np.zeros((512, 512, 3), np.uint8))
     assert restore_main(["--has_aligned", "-i", "face.png", "--weights_dir", "weights", "--device", "cpu", "-q"]) == 1
-    assert "cannot download codeformer.pth" in capfd.readouterr().err
+    assert "1 pretrained file is missing and cannot be downloaded here" in capfd.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]  # no results/..., no weights/CodeFormer/
     from codeformer.cli import vqgan_main
 
@@ -160,7 +160,7 @@ def test_a_killed_folder_run_leaves_complete_outputs_and_resumes(restoration_wei
 
     folder = tmp_path / "faces"
     rng = np.random.default_rng(1)
-    for index in range(3):
+    for index in range(2):
         write_image(folder / f"{index}.png", rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     out = tmp_path / "out"
     command = [sys.executable, "inference_codeformer.py", "--has_aligned", "-i", str(folder), "-o", str(out),
@@ -173,19 +173,19 @@ def test_a_killed_folder_run_leaves_complete_outputs_and_resumes(restoration_wei
         process.kill()  # SIGKILL: no chance to clean up
         process.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in faces.iterdir() if not p.name.startswith(".")}
-    assert 1 <= len(finished) < 3
+    assert len(finished) == 1
     for name in finished:
         assert read_image(faces / name).width == 512  # complete and decodable under its final name
     rerun = subprocess.run([*command, "--skip_existing"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     done = sorted(p.name for p in faces.iterdir() if not p.name.startswith("."))
-    assert done == [f"{index}.png" for index in range(3)]
+    assert done == [f"{index}.png" for index in range(2)]
     assert all((faces / name).stat().st_mtime_ns == mtime for name, mtime in finished.items())  # not redone
 
 
 @needs_linux
-def test_ctrl_c_during_a_video_leaves_no_partial_file(restoration_weights: Path, parsing_weights: Path,
-                                                      tmp_path: Path, astronaut_bgr: np.ndarray) -> None:
+def test_ctrl_c_during_a_video_leaves_no_partial_file(small_restoration_weights: Path, tmp_path: Path,
+                                                      astronaut_bgr: np.ndarray) -> None:
     import signal
     import time
 
@@ -194,7 +194,7 @@ def test_ctrl_c_during_a_video_leaves_no_partial_file(restoration_weights: Path,
     clip = make_clip(tmp_path / "clip.mp4", frames=12, size=(256, 256), audio="aac", image=astronaut_bgr)
     out = tmp_path / "out"
     command = [sys.executable, "inference_codeformer.py", "-i", str(clip), "-o", str(out), "--weights_dir",
-               str(restoration_weights), "--detection_model", "dlib", "--device", "cpu", "-q"]
+               str(small_restoration_weights), "--detection_model", "dlib", "--device", "cpu", "-q"]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_acts)
     try:
         # The output folder appears when the video stages start: decoding, restoring and encoding are under way.

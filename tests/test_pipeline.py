@@ -216,7 +216,7 @@ def test_public_names_and_registry() -> None:
         assert all(key in WEIGHTS for key in spec.weights), spec.name
         assert spec.license  # every model says under which terms its weights come
         if spec.kind == "restorer":
-            assert spec.input_size == 512 and spec.template == "ffhq" and spec.task
+            assert spec.input_size in (256, 512, 1024, 2048) and spec.template in ("ffhq", "gpen") and spec.task
 
 
 def test_cli_choices_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:

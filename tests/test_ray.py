@@ -393,19 +393,18 @@ def light_weights(tmp_path_factory: pytest.TempPathFactory, restoration_weights:
     return root
 
 
-def test_command_line_with_ray_local_matches_the_plain_command(pictures: Path, tmp_path: Path,
-                                                                light_weights: Path) -> None:
-    """``--ray local`` end to end in a process of its own (it starts Ray, restores, stops Ray) against the plain
-    command: the same files and exit code."""
+def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictures: Path, tmp_path: Path,
+                                                         light_weights: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--ray`` end to end through the command line (on this module's Ray instance, which the command joins
+    and leaves running) against the plain command: the same files and exit code."""
     common = ["-i", str(pictures), "--weights_dir", str(light_weights), "--device", "cpu", "-s", "2", "--no_parse",
               "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "-q"]
-    clustered = subprocess.run([sys.executable, "-m", "codeformer", "restore", *common, "-o", str(tmp_path / "ray"),
-                                "--ray", "local", "--ray_workers", "1"],
-                               cwd=REPO, capture_output=True, text=True, timeout=300)
-    plain = restore_main([*common, "-o", str(tmp_path / "plain")])
-    assert plain == clustered.returncode == 1, clustered.stderr  # the corrupt file
-    assert "Traceback" not in clustered.stderr and "Token authentication" not in clustered.stderr  # Ray's start notes
-    assert "corrupt.png" in clustered.stderr and "not a readable picture" in clustered.stderr
+    clustered = restore_main([*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--ray_workers", "1"])
+    err = capfd.readouterr().err
+    with one_thread():  # as the worker: its one CPU is one torch thread
+        plain = restore_main([*common, "-o", str(tmp_path / "plain")])
+    assert plain == clustered == 1, err  # the corrupt file
+    assert "Traceback" not in err and "corrupt.png" in err and "not a readable picture" in err
     produced = _tree(tmp_path / "ray")
     assert [entry["status"] for entry in map(json.loads, produced.pop(REPORT_NAME).splitlines())].count("done") == 5
     assert produced == _tree(tmp_path / "plain")

@@ -16,7 +16,8 @@ from codeformer.jobs.report import REPORT_NAME, FaceReport  # noqa: E402
 from codeformer.jobs.local import restore_picture_files  # noqa: E402
 from test_pipeline import picture  # noqa: E402
 
-FACE_KEYS = {"number", "track", "box", "landmarks", "score", "restored", "reason", "detected", "identity_distance"}
+FACE_KEYS = {"number", "track", "box", "landmarks", "score", "restored", "reason", "detected", "identity_distance",
+             "blend", "reference_distance"}
 
 
 @pytest.fixture(scope="module")

@@ -460,8 +460,11 @@ def test_untagged_input_gives_tagged_bt601_output(clips: dict[str, Path], tmp_pa
 
 
 def test_progress_bar_counts_frames(
-    clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: a bar (a log gets lines, test_progress)
     transform_video(clips["silent.mp4"], tmp_path / "p.mp4", identity, progress=True)
     assert f"{FRAMES}/{FRAMES}" in capsys.readouterr().err
 

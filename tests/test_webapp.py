@@ -190,6 +190,16 @@ def test_face_choices_restore_only_the_chosen_faces(tmp_path: Path) -> None:
     assert webapp.phrase(caught.value).startswith("Only these faces one: face numbers from 0")
 
 
+def test_a_reference_photo_restores_only_that_person(tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    cache = PipelineCache(SmallFactory(TWO_FACES))
+    upload = save_png(tmp_path / "pair.png", face_picture(256))
+    # The same photo as the reference: its first face is the person (distance 0), the other one is not chosen.
+    outcome = webapp.restore_uploads(cache, [upload], ask(upscale=1, reference_face=str(upload)), tmp_path / "out")
+    assert outcome.results[0].faces == 1
+    assert webapp.restore_uploads(cache, [upload], ask(upscale=1), tmp_path / "all").results[0].faces == 2
+
+
 def test_aligned_faces_come_back_at_the_networks_size(cache: PipelineCache, tmp_path: Path) -> None:
     upload = save_png(tmp_path / "crop.png", face_picture(SIDE))
     outcome = webapp.restore_uploads(cache, [upload], ask(has_aligned=True, upscale=4), tmp_path / "o")
@@ -571,6 +581,30 @@ def test_browser_restore(page, tmp_path: Path) -> None:
     assert _downloaded(tab, "restore", tmp_path, "result.png").shape == (480, 480, 3)
     _screenshot(tab, tmp_path, "restore.png")
     assert outside == []  # ...and the page asked for nothing off this machine
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)])
+def test_browser_the_button_is_in_view_and_ctrl_enter_presses_it(browser, server: webapp.RunningApp, tmp_path: Path,
+                                                                  width: int, height: int) -> None:
+    """A laptop screen and a phone: after an upload the Restore button shows without scrolling."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(BROWSER_TIMEOUT_MS)
+        tab.goto(server.local_url)
+        tab.wait_for_selector("#restore-button")
+        assert tab.get_by_text("Or try a sample").count() >= 1  # the bundled photos, to click
+        _upload(tab, "#restore-input", save_png(tmp_path / "photo.png", face_picture(160)))
+        box = tab.locator("#restore-button").bounding_box()
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height, box
+        _screenshot(tab, tmp_path, f"restore_{width}x{height}.png")
+        tab.keyboard.press("Control+Enter")
+        tab.locator("#restore-message").get_by_text("photo.png restored").wait_for()
+        # On a phone the result comes below the button: the page scrolls to it.
+        message = tab.locator("#restore-message").bounding_box()
+        assert message is not None and message["y"] < height
+    finally:
+        context.close()
 
 
 def test_browser_bad_upload_shows_a_message(page, tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ def upfirdn2d(
     ``pad`` = (before, after) on each axis. Per channel, like the reference's op, but as one depthwise
     conv instead of a CUDA kernel; downsampling is the conv's stride (same samples as slicing).
     """
-    n, c, height, width = x.shape
+    # Python ints: the ONNX export traces them as constants (channel counts are fixed; see onnx_export).
+    n, c, height, width = (int(side) for side in x.shape)
     if up > 1:
         # each pixel followed by up-1 zeros along both axes
         x = x.reshape(n, c, height, 1, width, 1)
@@ -239,7 +240,7 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(((total + 1) // 2 + factor - 1, total // 2 + 1), gain=factor**2)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:  # (N, I, H, W), (N, D)
-        n, _, height, width = x.shape
+        n, _, height, width = (int(side) for side in x.shape)  # constants in an ONNX trace (one face a run)
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         styles = self.modulation(style).view(n, 1, i, 1, 1)
         weight = self.weight * self.scale * styles  # (N, O, I, k, k)

@@ -27,6 +27,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from codeformer.archs.gpen import gpen_template
 from codeformer.errors import OptionError
 
 __all__ = [
@@ -88,6 +89,22 @@ DLIB_TEMPLATE_5 = _read_only(np.array(_DLIB_TEMPLATE_5_AT_1024) / _DLIB_TEMPLATE
 
 # Template by the name a detector gives its landmark order (``FaceDetector.template_name``).
 TEMPLATES: Mapping[str, np.ndarray] = MappingProxyType({"ffhq": FFHQ_TEMPLATE_5, "dlib": DLIB_TEMPLATE_5})
+
+# Where the 5 FFHQ-order landmarks sit in a restorer's crops, as fractions of the crop's side, by the
+# names other face tools give them (facefusion's warp templates): ``ffhq_512`` is the template above;
+# ``arcface_128`` is insightface's 112 px ArcFace template moved into a 128 px square (facefusion
+# aligns its GPEN-BFR-256 file with it); ``gpen`` is GPEN's own (the same fractions at every size).
+CROP_TEMPLATES: Mapping[str, np.ndarray] = MappingProxyType({
+    "gpen": _read_only(np.array(gpen_template(FACE_SIZE)) / FACE_SIZE),
+    "ffhq_512": _read_only(FFHQ_TEMPLATE_5 / FACE_SIZE),
+    "arcface_128": _read_only([
+        [0.36167656, 0.40387734],
+        [0.63696719, 0.40235469],
+        [0.50019687, 0.56044219],
+        [0.38710391, 0.72160547],
+        [0.61507734, 0.72034453],
+    ]),
+})
 
 
 def _check_affine(affine: np.ndarray) -> np.ndarray:

@@ -68,8 +68,11 @@ def choose_faces(
     """For each face (boxes (N, 4) in picture pixels): None when it is to be restored, else why not.
 
     Filters apply in order: size, number, identity (``distances`` to the reference person, needed
-    when ``selection.reference`` is set); then, among the faces left, ``largest_face`` or
-    ``only_center_face`` keeps one.
+    when ``selection.reference`` is set: faces farther than ``reference_distance`` are another
+    person, and since one person appears at most once in a picture, of the faces close enough only
+    the nearest is chosen); then, among the faces left, ``largest_face`` or ``only_center_face``
+    keeps one. In a video ``distances`` may be each face's track's distance, so the choice follows
+    the track that resembles the person most, frame after frame.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     reasons: list[str | None] = [None] * len(boxes)
@@ -84,6 +87,14 @@ def choose_faces(
             if distances[i] > selection.reference_distance:
                 reasons[i] = (f"another person (identity distance {distances[i]:.2f} > "
                               f"{selection.reference_distance:g})")
+    if selection.reference is not None and distances is not None:
+        close = [i for i, reason in enumerate(reasons) if reason is None]
+        if len(close) > 1:
+            nearest = min(close, key=lambda i: (distances[i], i))
+            for i in close:
+                if i != nearest:
+                    reasons[i] = (f"face {numbers[nearest]} is nearer the reference person (identity distance "
+                                  f"{distances[nearest]:.2f} < {distances[i]:.2f})")
     remaining = [i for i, reason in enumerate(reasons) if reason is None]
     if remaining and (selection.largest_face or selection.only_center_face):
         if selection.largest_face:

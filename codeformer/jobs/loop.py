@@ -99,8 +99,8 @@ def run_batch(
                 try:
                     loaded.append((path, batch.load(path)))
                 except Exception as error:  # noqa: BLE001 - reported per file, the batch goes on
-                    fail(path, error)
-                    bar.update(1, f"{path.name} (failed)")
+                    fail(path, error)  # its own error line names it
+                    bar.update(1)
             if not loaded:
                 continue
             bar.working_on(", ".join(path.name for path, _ in loaded))
@@ -109,14 +109,16 @@ def run_batch(
             except Exception as error:  # noqa: BLE001
                 for path, _ in loaded:
                     fail(path, error)
-                bar.update(len(loaded), f"{len(loaded)} failed")
+                bar.update(len(loaded))
                 continue
             for (path, _), result in zip(loaded, results):
                 try:
                     batch.save(path, result)
-                    report.done += 1
                 except Exception as error:  # noqa: BLE001
                     fail(path, error)
+                    bar.update(1)
+                    continue
+                report.done += 1
                 bar.update(1, path.name)
     return report
 

@@ -10,10 +10,14 @@ where restoration changed who the person is. Schema (``version`` 1)::
      "inputs": {"photo.jpg": {"kind": "picture", "faces": [FACE, ...]},
                 "clip.mp4": {"kind": "video", "frames": [{"frame": 0, "faces": [FACE, ...]}, ...]}}}
     FACE = {"number": 0, "track": null, "box": [x1, y1, x2, y2], "landmarks": [[x, y], ... 5],
-            "score": 0.99, "restored": true, "reason": null, "detected": true, "identity_distance": 0.21}
+            "score": 0.99, "restored": true, "reason": null, "detected": true, "identity_distance": 0.21,
+            "blend": 1.0}
 
 In a video, ``number`` and ``track`` are both the face's track; ``detected`` is false for a face
-filled in from its neighbouring frames. The file is rewritten atomically after every input, so it is
+filled in from its neighbouring frames; ``blend`` is how much of the restored face was pasted
+(the rest is the unrestored face; null for faces not restored); ``reference_distance`` is the face's
+identity distance to the reference person when one is given (``--reference_face``), and ``reason``
+says why a face was not chosen (another person, or a nearer face of the same picture or track). The file is rewritten atomically after every input, so it is
 always complete for the inputs finished so far; a report opened with ``keep_existing`` (a resumed
 run) keeps the entries of earlier runs.
 """
@@ -57,6 +61,9 @@ def _face_entry(face: RestoredFace | SkippedFace, *, track: bool) -> dict[str, A
         "reason": None if restored else face.reason,
         "detected": face.detected if restored else True,
         "identity_distance": None if distance is None else round(float(distance), _SCORE_DECIMALS),
+        "blend": face.blend if restored else None,
+        "reference_distance": None if face.reference_distance is None else round(float(face.reference_distance),
+                                                                                  _SCORE_DECIMALS),
     }
 
 

@@ -26,7 +26,7 @@ from codeformer.options import LoadOptions
 from codeformer.webapp import colorize_tab, inpaint_tab, restore_tab, video_tab
 from codeformer.webapp.cache import PipelineCache
 from codeformer.webapp.handlers import OutputFolders
-from codeformer.webapp.page import TabContext
+from codeformer.webapp.page import TabContext, sample_pictures
 
 __all__ = ["RunningApp", "build_app", "free_port", "launch_app", "serve"]
 
@@ -37,6 +37,16 @@ DEFAULT_HOST = "127.0.0.1"  # this machine only: the user's pictures never leave
 GRADIO_CACHE_CLEANUP = (3600, 3600)
 CSS = """
 .message p { font-size: 1.05em; }
+"""
+# Ctrl+Enter (Cmd+Enter on a Mac) presses the visible tab's main button.
+SHORTCUTS = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+  const button = [...document.querySelectorAll("button.primary")].find((b) => b.offsetParent !== null);
+  if (button) { event.preventDefault(); button.click(); }
+});
+</script>
 """
 
 
@@ -103,7 +113,8 @@ def serve(cache: PipelineCache, *, host: str = DEFAULT_HOST, port: int | None = 
         _, local_url, share_url = app.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
             inbrowser=False, show_error=False, ssr_mode=False, pwa=False, mcp_server=False,
-            allowed_paths=[str(output_root)], footer_links=["api"], theme=gr.themes.Default(), css=CSS,
+            allowed_paths=[str(output_root), *(str(path) for path in sample_pictures())], footer_links=["api"],
+            theme=gr.themes.Default(), css=CSS, head=SHORTCUTS,
         )
     except OSError as error:
         shutil.rmtree(output_root, ignore_errors=True)

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -19,12 +20,15 @@ from codeformer.webapp.cache import PipelineCache
 from codeformer.webapp.handlers import OutputFolders, PictureOutcome, ProgressFn
 from codeformer.webapp.requests import phrase
 
-__all__ = ["DEVICE_SLOT", "PictureOutputs", "TabContext", "file_paths", "picture_outputs", "progress_of",
-           "show_notes", "shown_in_page"]
+__all__ = ["DEVICE_SLOT", "UPLOAD_HEIGHT", "PictureOutputs", "TabContext", "file_paths", "picture_outputs",
+           "progress_of", "sample_pictures", "show_notes", "shown_in_page"]
 
 logger = logging.getLogger(__name__)
 
 GALLERY_HEIGHT = 320  # px: a row of faces and the start of the next (it scrolls); Gradio's default leaves a gap
+UPLOAD_HEIGHT = 150  # px: the upload box; Gradio's default pushes the button below a laptop screen's fold
+# The sample photos of a checkout (inputs/whole_imgs), offered as examples to click when present.
+SAMPLES_FOLDER = Path(__file__).resolve().parents[2] / "inputs" / "whole_imgs"
 DEVICE_SLOT = "serialised"  # the queue slot every event that runs networks shares: one request on the device
 
 
@@ -57,6 +61,13 @@ def shown_in_page(handler: Callable[..., Any]) -> Callable[..., Any]:
                            duration=None, print_exception=False) from None
 
     return wrapper
+
+
+def sample_pictures() -> list[Path]:
+    """The sample photos to offer (none when the package is installed without the repository's inputs)."""
+    if not SAMPLES_FOLDER.is_dir():
+        return []
+    return sorted(path for path in SAMPLES_FOLDER.iterdir() if path.suffix.lower() in (".jpg", ".png"))
 
 
 def out_of_memory(error: BaseException) -> bool:

@@ -31,7 +31,7 @@ __all__ = ["MAX_UPSCALE", "PageRequest", "page_request", "phrase", "restoration_
 MAX_UPSCALE = 4
 # The page's names for the library options an OptionError can name.
 OPTION_LABELS = {"fidelity_weight": "Fidelity", "upscale": "Upscale", "grayscale": "Keep gray faces",
-                 "face_index": "Only these faces", "min_face_size": "Minimum face size"}
+                 "face_index": "Only these faces", "min_face_size": "Minimum face size", "blend": "Blend"}
 PIXEL_LIMIT_OPTION = "codeformer ui --max_pixels"  # toasts show text as it is: no markdown
 
 
@@ -82,13 +82,16 @@ def page_request(
     largest_face: bool = False,
     face_index: str = "",
     min_face_size: float = 0.0,
+    blend: float = RestoreOptions.blend,
+    reference_face: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PageRequest:
     """The options the Restore and Video tabs' widgets (and the ``/restore`` API) describe.
 
     ``base`` holds the server's device, precision and weights root. The slider's weight is ignored
     for models without fidelity control (the page always sends it); ``face_index`` is text such as
-    ``"0, 2"``; a ``min_face_size`` of 0 means no minimum.
+    ``"0, 2"``; a ``min_face_size`` of 0 means no minimum; ``reference_face``: an uploaded photo of
+    the one person to restore.
     """
     steps = float(upscale)
     if not steps.is_integer() or not 1 <= steps <= MAX_UPSCALE:
@@ -103,7 +106,8 @@ def page_request(
     restore = RestoreOptions(fidelity_weight=None if weight is None else float(weight), upscale=int(steps),
                              only_center_face=bool(only_center_face), largest_face=bool(largest_face),
                              face_index=_face_numbers(face_index), min_face_size=minimum or None,
-                             draw_box=bool(draw_box), grayscale=grayscale, max_pixels=max_pixels)  # type: ignore[arg-type]
+                             draw_box=bool(draw_box), grayscale=grayscale, max_pixels=max_pixels,  # type: ignore[arg-type]
+                             blend=float(blend), reference_face=reference_face or None)
     return PageRequest(load, restore, bool(has_aligned))
 
 
