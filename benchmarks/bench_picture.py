@@ -54,10 +54,9 @@ def random_weights_root(folder: Path) -> Path:
     import torch
 
     from codeformer.face.parsing import build_parsenet
-from codeformer.registry import model_spec
-PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
+    from codeformer.registry import model_spec
 
-    path = folder / PARSENET_KEY
+    path = folder / model_spec("parsenet", "parser").weights[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(build_parsenet().state_dict(), path)

@@ -207,8 +207,7 @@ def load_reference_models(weights_dir: str | os.PathLike[str], known: Mapping[tu
     from codeformer.archs import build_codeformer
     from codeformer.registry import load_detector
     from codeformer.face.parsing import build_parsenet
-from codeformer.registry import model_spec
-PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
+    from codeformer.registry import model_spec
     from codeformer.weights import load_state_dict
 
     target = torch.device(device)
@@ -222,7 +221,7 @@ PARSENET_KEY = model_spec("parsenet", "parser").weights[0]
             return retinaface.detect_faces(image, RETINAFACE_CONFIDENCE)
 
     parser = build_parsenet()
-    parser.load_state_dict(load_state_dict(root / PARSENET_KEY), strict=True)
+    parser.load_state_dict(load_state_dict(root / model_spec("parsenet", "parser").weights[0]), strict=True)
     return ReferenceModels(net, KnownFaces(run_retinaface, known), parser.eval().to(target), target)
 
 

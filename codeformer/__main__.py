@@ -4,4 +4,6 @@ import sys
 
 from codeformer.cli import main
 
-sys.exit(main())
+# Guarded: the web app's restoration process (multiprocessing's spawn) imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

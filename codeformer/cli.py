@@ -139,11 +139,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     model = vars(args).get("model")
     if vars(args).get("fidelity_weight") is not None and model in MODELS and not MODELS[model].supports_fidelity:
         parser.error(f"argument -w/--fidelity_weight: {model} has no fidelity control; leave -w out")
-    if vars(args).get("ray"):
-        for flag in ("report", "save_frames"):
-            if vars(args).get(flag):
-                parser.error(f"argument --{flag}: not available with --ray yet; run without --ray for it")
-    else:
+    if not vars(args).get("ray"):
         for flag in RAY_FLAGS:
             if vars(args).get(flag) is not None:
                 parser.error(f"argument --{flag}: only with --ray")

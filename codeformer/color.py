@@ -61,13 +61,38 @@ def is_gray(image: np.ndarray, threshold: float = GRAY_THRESHOLD) -> bool:
     if array.ndim != 3 or array.shape[2] < _COLOR_CHANNELS:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
     scale = _eight_bit_scale(array.dtype)
-    # Integer differences are exact in int32 (half the memory of float64 on big pictures).
-    work = np.int32 if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2 else np.float64
-    channels = [array[:, :, index].astype(work) for index in range(_COLOR_CHANNELS)]  # 3 x (H, W)
-    variances = [float(np.var(channels[first] - channels[(first + 1) % _COLOR_CHANNELS]))
-                 for first in range(_COLOR_CHANNELS)]
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2:
+        variances = _integer_difference_variances(array)
+    else:
+        channels = [array[:, :, index].astype(np.float64) for index in range(_COLOR_CHANNELS)]  # 3 x (H, W)
+        variances = [float(np.var(channels[first] - channels[(first + 1) % _COLOR_CHANNELS]))
+                     for first in range(_COLOR_CHANNELS)]
     statistic = sum(variances) / len(variances) * scale**2
     return statistic <= threshold
+
+
+# Pixels of a picture whose channel differences are summed at a time (int64 temporaries: about 50 MB).
+_GRAY_BAND_PIXELS = 1 << 20
+
+
+def _integer_difference_variances(array: np.ndarray) -> list[float]:
+    """The variance of each channel pair's difference (B-G, G-R, R-B) of an 8- or 16-bit picture.
+
+    Sums of the differences and of their squares are exact integers, gathered a band of rows at a
+    time, so a big picture takes no full-size temporaries; the variance ``(n * S2 - S1**2) / n**2``
+    is then rounded once (``np.var`` would round along the way: the two agree to about 1e-15).
+    """
+    height, width = array.shape[:2]
+    count = height * width
+    firsts, seconds = [0] * _COLOR_CHANNELS, [0] * _COLOR_CHANNELS  # per pair: sum of d, sum of d**2
+    rows = max(1, _GRAY_BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        band = array[top:top + rows, :, :_COLOR_CHANNELS].astype(np.int64)  # (rows, W, 3)
+        for first in range(_COLOR_CHANNELS):
+            difference = band[:, :, first] - band[:, :, (first + 1) % _COLOR_CHANNELS]  # (rows, W)
+            firsts[first] += int(difference.sum())
+            seconds[first] += int(np.dot(difference.ravel(), difference.ravel()))
+    return [(count * second - first * first) / count**2 for first, second in zip(firsts, seconds)]
 
 
 def _luma(image: np.ndarray) -> np.ndarray:

@@ -22,15 +22,22 @@ Hostile input (a picture file is untrusted data):
 - :func:`scan_folder` accounts for every entry of a folder: pictures, hidden entries, and the rest
   with the reason each is skipped. It never descends into sub-folders, so a looping link cannot
   make it run forever.
+
+Big pictures: decoding takes the picture plus one copy (Pillow's), converted a band at a time; a
+picture that would not fit in :func:`available_memory` (the system's, or its container's) is
+refused with a :class:`MemoryLimitError` before it is decoded, and
+:func:`codeformer.restoration.check_picture_memory` does the same for the whole restoration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import io
 import logging
 import os
+import platform
 import stat
 import struct
 import threading
@@ -41,7 +48,7 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from codeformer._atomic import atomic_path
 from codeformer.errors import CodeFormerError, OptionError
@@ -56,6 +63,9 @@ _EXIF_ORIENTATION_TAG = 0x0112
 # frame (11648x8736), so real photos and scans pass; a 16-bit colour picture this size is 900 MB
 # decoded. A decompression bomb (a 30000x30000 PNG of 1 MB) is 900 megapixels.
 DEFAULT_MAX_PIXELS = 150_000_000
+# Bytes of a picture converted at a time (Pillow to BGR, 16 to 8 bits): converted whole, a big picture
+# would take full-size temporaries (Pillow's byte chunks and their join; float32 samples).
+_CONVERT_BAND_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        # 65535 / 255 = 257 exactly, so this maps 16-bit white to 8-bit white.
-        return ((image.astype(np.float32) / 257.0) + 0.5).astype(np.uint8)
+        # 65535 / 255 = 257 exactly, so this maps 16-bit white to 8-bit white. A band of rows at a
+        # time: float32 temporaries of the whole picture would take 8 bytes a sample.
+        result = np.empty(image.shape, np.uint8)
+        rows = max(1, _CONVERT_BAND_BYTES // max(1, image[:1].nbytes))
+        for top in range(0, len(image), rows):
+            result[top:top + rows] = ((image[top:top + rows].astype(np.float32) / 257.0) + 0.5).astype(np.uint8)
+        return result
     raise ValueError(f"unsupported image dtype {image.dtype}")
 
 
@@ -260,10 +275,16 @@ def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int | None =
     size = image_size(data)
     if size is not None:
         _check_picture_pixels(size, max_pixels, name)
+        available = short_of_memory(size[0] * size[1] * DECODE_BYTES_PER_PIXEL)
+        if available is not None:
+            raise MemoryLimitError("decoding", *size, size[0] * size[1] * DECODE_BYTES_PER_PIXEL, available,
+                                   "free memory, or save the picture smaller", name=name)
     pixels = None if size is None else size[0] * size[1]
     if data.startswith(_JPEG_MAGIC):
         # Pillow raises on truncated JPEGs where OpenCV silently fills the missing part with gray.
         array = _decode_with_pillow(data, name, max_pixels, pixels)
+        if array.shape[0] * array.shape[1] * _PILLOW_BYTES_PER_PIXEL >= RELEASE_AFTER_BYTES:
+            release_free_memory()  # Pillow's own copy of a big picture, freed
     else:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None:
@@ -286,12 +307,16 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int | None, pixels: 
             # Pillow's own reading of the header decides what it allocates, so check that too.
             _check_picture_pixels(image.size, max_pixels, name)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # Turned upright on the array (the same transpositions as ImageOps.exif_transpose, which
+            # would copy the whole picture even when it is upright).
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(image).astype(np.uint16)
+                return _apply_orientation(np.asarray(image).astype(np.uint16), orientation)
             if image.mode not in ("L", "LA", "RGB", "RGBA"):
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-            array = np.asarray(image)
+            if image.mode in ("RGB", "RGBA"):
+                return _apply_orientation(_pillow_to_bgr(image), orientation)
+            array = _apply_orientation(np.asarray(image), orientation)
     except Image.DecompressionBombError:
         # Only a header image_size cannot read gets here (its size was not known in time to lift
         # Pillow's limit), when Pillow's own header reading finds it over twice that limit.
@@ -301,11 +326,21 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int | None, pixels: 
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise CodeFormerError(unreadable) from None
-    if array.ndim == 3 and array.shape[2] == 3:
-        return cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if array.ndim == 3 and array.shape[2] == 4:
-        return cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
     return np.ascontiguousarray(array)
+
+
+def _pillow_to_bgr(image: Image.Image) -> np.ndarray:
+    """An RGB / RGBA Pillow picture as a (H, W, 3) BGR / (H, W, 4) BGRA uint8 array, a band of rows at a time."""
+    width, height = image.size
+    channels = len(image.mode)
+    array = np.empty((height, width, channels), np.uint8)
+    rows = max(1, _CONVERT_BAND_BYTES // (width * _PILLOW_BYTES_PER_PIXEL))
+    rawmode = "BGR" if channels == 3 else "BGRA"  # Pillow's packer reorders the channels: exact
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = image.crop((0, top, width, bottom)).tobytes("raw", rawmode)
+        array[top:bottom] = np.frombuffer(band, np.uint8).reshape(bottom - top, width, channels)
+    return array
 
 
 def _exif_orientation(data: bytes, pixels: int) -> int:
@@ -371,6 +406,138 @@ def _check_max_pixels(max_pixels: int | None) -> None:
 def _megapixels(pixels: int) -> str:
     """A limit in megapixels, as short as it is exact: 150, 1.5, 0.003."""
     return f"{pixels / 1e6:g}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory
+
+
+# Freed memory worth handing back at once (see release_free_memory): a picture's decoding copies, a
+# detector's work on a big picture.
+RELEASE_AFTER_BYTES = 256 << 20
+_PILLOW_BYTES_PER_PIXEL = 4  # Pillow keeps RGB pictures as 32-bit pixels
+# Bytes a picture takes while it is decoded, per pixel: Pillow's own copy of a colour picture (4 bytes
+# a pixel) and the BGR array made from it (3), or OpenCV's array and a gray picture's BGR copy.
+DECODE_BYTES_PER_PIXEL = 8
+_GIB = float(1 << 30)
+_KIB = 1024
+_MEMINFO = Path("/proc/meminfo")
+_OWN_CGROUPS = Path("/proc/self/cgroup")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CGROUP_UNLIMITED = 1 << 60  # cgroup v1 says "no limit" with a number near 2**63
+# (limit, usage, reclaimable file cache in memory.stat) of cgroup v2 and v1.
+_CGROUP_V2_FILES = ("memory.max", "memory.current", "inactive_file")
+_CGROUP_V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+class MemoryLimitError(CodeFormerError):
+    """A picture refused before the work because it would not fit in the memory available.
+
+    ``needed`` and ``available`` are bytes: the estimated peak of the work beyond what the process
+    holds already, and what the system (or the process's container) has left.
+    """
+
+    def __init__(self, action: str, width: int, height: int, needed: int, available: int, remedy: str, *,
+                 detail: str = "", name: str | None = None) -> None:
+        self.width, self.height, self.needed, self.available = width, height, needed, available
+        prefix = f"{name}: " if name else ""
+        super().__init__(
+            f"{prefix}{action} a {width}x{height} picture ({width * height / 1e6:.1f} megapixels){detail} takes about "
+            f"{needed / _GIB:.1f} GiB of memory and {available / _GIB:.1f} GiB is available; {remedy}"
+        )
+
+
+def short_of_memory(needed: int) -> int | None:
+    """The bytes available when ``needed`` bytes do not fit in them, else ``None`` (also where unknown).
+
+    Memory this process freed but its allocator kept is handed back first (it counts as used).
+    """
+    available = available_memory()
+    if available is None or needed <= available:
+        return None
+    release_free_memory()
+    available = available_memory()
+    return None if available is None or needed <= available else available
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take before the system or its container runs out; ``None`` where unknown.
+
+    The smaller of the system's (``MemAvailable`` plus free swap, Linux) and, for the process's
+    cgroup and each one above it with a memory limit, that limit minus the cgroup's use
+    (reclaimable file cache counted as free).
+    """
+    found = [value for value in (_system_available(), _cgroup_available()) if value is not None]
+    return min(found) if found else None
+
+
+def _system_available() -> int | None:
+    try:
+        fields = dict(line.split(":", 1) for line in _MEMINFO.read_text().splitlines() if ":" in line)
+        return (int(fields["MemAvailable"].split()[0]) + int(fields.get("SwapFree", "0 kB").split()[0])) * _KIB
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    try:
+        lines = _OWN_CGROUPS.read_text().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, files = _CGROUP_ROOT, _CGROUP_V2_FILES
+        elif "memory" in controllers.split(","):
+            base, files = _CGROUP_ROOT / "memory", _CGROUP_V1_FILES
+        else:
+            continue
+        folder = base / path.strip("/")
+        if not folder.is_dir():  # a path from outside this mount namespace: the root is ours
+            folder = base
+        while True:
+            value = _cgroup_room(folder, *files)
+            if value is not None:
+                found.append(value)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(found) if found else None
+
+
+def _cgroup_room(folder: Path, limit_file: str, usage_file: str, cache_key: str) -> int | None:
+    """A cgroup's limit minus its use, reclaimable file cache counted as free; ``None`` without a limit."""
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= _CGROUP_UNLIMITED:
+            return None
+        usage = int((folder / usage_file).read_text())
+        cache = 0
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+                break
+    except (OSError, ValueError):
+        return None
+    return max(0, int(limit) - usage + cache)
+
+
+def release_free_memory() -> None:
+    """Hand memory the C heap keeps after frees back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    :func:`codeformer.precision.configure_cpu_runtime` makes glibc keep up to 2 GiB of freed memory
+    for reuse (fewer page faults between layers and faces). After a big, short-lived step on a big
+    picture (decoding it, a detector's pyramid) that memory would stay resident, on top of what the
+    next steps allocate where it does not fit: calling this then keeps the peak at what is in use.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -563,8 +730,8 @@ def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(image, 0, 1))
     if orientation == 6:
         return np.ascontiguousarray(np.rot90(image, -1))
-    if orientation == 7:
-        return np.ascontiguousarray(np.rot90(image, 1)[::-1])
+    if orientation == 7:  # the transverse (Pillow's TRANSVERSE): turned clockwise, then flipped upside down
+        return np.ascontiguousarray(np.rot90(image, -1)[::-1])
     if orientation == 8:
         return np.ascontiguousarray(np.rot90(image, 1))
     return image
@@ -606,19 +773,23 @@ def picture_from_array(array: np.ndarray, *, name: str = "picture",
 def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> Path:
     """Encode ``image`` by the path's extension and write it atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    write_bytes_atomic(path, encode_image(str(path), image, params))
+    write_bytes_atomic(path, memoryview(_encode(str(path), image, params)))  # no bytes copy of a big file
     return path
 
 
 def encode_image(name: str, image: np.ndarray, params: Sequence[int] = ()) -> bytes:
     """The bytes :func:`write_image` writes to a file called ``name`` (format by its extension; png without one)."""
+    return _encode(name, image, params).tobytes()
+
+
+def _encode(name: str, image: np.ndarray, params: Sequence[int]) -> np.ndarray:
     ok, encoded = cv2.imencode(Path(name).suffix or ".png", image, list(params))
     if not ok:
         raise CodeFormerError(f"{name}: cannot encode a {image.dtype} picture of shape {image.shape}")
-    return encoded.tobytes()
+    return encoded  # (N,) uint8
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     try:
         with atomic_path(path) as temporary:

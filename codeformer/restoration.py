@@ -24,10 +24,17 @@ import numpy as np
 
 from codeformer.color import GrayMode, is_gray, to_gray
 from codeformer.face.alignment import FACE_SIZE, FFHQ_TEMPLATE_5, TEMPLATES, estimate_alignment, transform_points, warp_face
-from codeformer.face.detection import DetectedFace, FaceDetector, find_faces
-from codeformer.face.pasteback import PARSE_SIZE, PastedFace, paste_faces
+from codeformer.face.detection import DetectedFace, FaceDetector, detection_size, find_faces
+from codeformer.face.pasteback import PARSE_SIZE, PASTE_BAND_PIXELS, PastedFace, paste_faces
 from codeformer.face.selection import choose_faces, left_to_right_numbers
-from codeformer.imageio import Picture, check_output_pixels
+from codeformer.imageio import (
+    RELEASE_AFTER_BYTES,
+    MemoryLimitError,
+    Picture,
+    check_output_pixels,
+    release_free_memory,
+    short_of_memory,
+)
 from codeformer.options import RestoreOptions
 from codeformer.progress import Progress
 
@@ -44,6 +51,20 @@ logger = logging.getLogger(__name__)
 WORK_MIN_SIDE = 512
 # Eye distance (px, on the working image) below which a detection is a side view or too small.
 EYE_DIST_THRESHOLD = 5.0
+
+# What a whole-picture restoration takes beyond the loaded networks and the decoded picture, for
+# :func:`memory_needed` (measured on a CPU, glibc, numpy 2, OpenCV 5; see benchmarks/bench_memory.py):
+# bytes per pixel a detector's network takes, per pixel it processes, unless the detector says
+# (``memory_per_pixel``; dlib: 1024): RetinaFace ResNet-50 takes about 230, YOLOv5 130.
+DETECTOR_BYTES_PER_PIXEL = 256
+# color.is_gray on the working picture (grayscale "auto"): it works a band of rows at a time, so
+# its int64 temporaries do not grow with the picture.
+GRAY_CHECK_BYTES = 64 << 20
+# Paste-back: a band's float64 buffer and one face's layers, per canvas pixel (see face.pasteback).
+PASTE_BYTES_PER_PIXEL = 64
+# The networks' activations (a batch of faces through the restorer and the parser, an upsampler's
+# tile) and what else does not grow with the picture.
+NETWORK_WORK_BYTES = 1 << 30
 
 
 @dataclass
@@ -160,10 +181,93 @@ def alignment_template(restorer: Restorer, landmark_order: str) -> np.ndarray:
 def plan_faces(picture: Picture, models: Models, options: RestoreOptions) -> FacePlan:
     """Detect the faces of one picture, align them onto the restorer's template and choose which to restore."""
     check_output_pixels(picture.width, picture.height, options.upscale, options.max_pixels)  # before any work
+    check_picture_memory(picture, models, options)
     image, scale = working_image(picture)
     faces = find_faces(image, models.detector, eye_dist_threshold=EYE_DIST_THRESHOLD)
+    if _detection_memory(image.shape[1], image.shape[0], models.detector) >= RELEASE_AFTER_BYTES:
+        release_free_memory()  # the detector's work (dlib's pyramid: up to 2 GB), freed but kept by the allocator
     numbers = left_to_right_numbers(np.array([face.box for face in faces]).reshape(-1, 4))
     return plan_detected(picture, image, scale, faces, numbers, models, options)
+
+
+def check_picture_memory(picture: Picture, models: Models, options: RestoreOptions) -> None:
+    """Refuse, before any work, a picture whose restoration would not fit in the memory available.
+
+    Raises :class:`~codeformer.imageio.MemoryLimitError`, which says about how large a picture fits.
+    """
+    needed = _picture_memory(picture, picture.width, picture.height, models, options)
+    available = short_of_memory(needed)
+    if available is None:
+        return
+    scale = options.upscale
+    fits = _pixels_that_fit(picture, models, options, available) / 1e6
+    if scale > 1:
+        remedy = f"use a smaller upscale (about {fits:.0f} megapixels out fit at this one), or free memory"
+    else:
+        remedy = f"downscale it to about {fits:.0f} megapixels, or free memory"
+    raise MemoryLimitError("restoring", picture.width, picture.height, needed, available, remedy,
+                           detail=f" at upscale {scale}" if scale > 1 else "")
+
+
+def memory_needed(width: int, height: int, models: Models, options: RestoreOptions, *, alpha: bool = False,
+                  sixteen_bit: bool = False, gray_source: bool = False) -> int:
+    """Bytes the restoration of a ``width`` x ``height`` picture takes at its peak (an estimate), beyond
+    the loaded networks and the decoded picture: the largest of its stages.
+
+    - plan: the 8-bit working copy (16-bit or small pictures), the detector's copy and its network
+      (:func:`codeformer.face.detection.detection_size`: within the detection budget), the gray check;
+    - restore: the networks' activations;
+    - compose: the canvas at the output size (BGR or BGRA, 8 or 16 bits; the network's own scale
+      first with a background upsampler that has another), its alpha, the parser, a paste-back band;
+    - save: the finished picture and its encoded file (as big as the pixels, at worst).
+    """
+    sample = 2 if sixteen_bit else 1
+    channels = 4 if alpha else 3
+    work_width, work_height = width, height
+    if min(width, height) < WORK_MIN_SIDE:
+        factor = WORK_MIN_SIDE / min(width, height)
+        work_width, work_height = round(width * factor), round(height * factor)
+    work_pixels = work_width * work_height
+    work_copy = 3 * work_pixels if (sixteen_bit or work_pixels != width * height) else 0
+    detect = _detection_memory(work_width, work_height, models.detector)
+    gray = GRAY_CHECK_BYTES if options.grayscale == "auto" else 0
+    plan = work_copy + max(detect, gray)
+    out_pixels = width * options.upscale * height * options.upscale
+    canvas = out_pixels * channels * sample
+    extra = width * height * channels * sample if alpha else 0  # the picture with its alpha, before resizing
+    upsampler = models.bg_upsampler
+    if upsampler is not None and getattr(upsampler, "scale", options.upscale) != options.upscale:
+        extra += width * height * upsampler.scale**2 * 3 * sample  # the network's output, before resizing
+    paste = PASTE_BYTES_PER_PIXEL * min(out_pixels, PASTE_BAND_PIXELS)
+    # The parser (and a face upsampler) run with the canvas there, then the faces are pasted: what
+    # they freed is not always where paste-back's buffers go, so both count.
+    compose = work_copy + canvas + max(extra, NETWORK_WORK_BYTES + paste) + (out_pixels * sample if gray_source else 0)
+    save = 2 * canvas
+    return max(plan, NETWORK_WORK_BYTES + work_copy, compose, save)
+
+
+def _detection_memory(width: int, height: int, detector: FaceDetector) -> int:
+    """Bytes the detector's copy of a ``width`` x ``height`` working picture and its network take."""
+    (copy_width, copy_height), _ = detection_size(height, width, detector)
+    processed = copy_width * copy_height * getattr(detector, "area_factor", 1)
+    return 3 * copy_width * copy_height + processed * getattr(detector, "memory_per_pixel", DETECTOR_BYTES_PER_PIXEL)
+
+
+def _picture_memory(picture: Picture, width: int, height: int, models: Models, options: RestoreOptions) -> int:
+    """:func:`memory_needed` for ``picture``'s kind (alpha, depth, gray) at ``width`` x ``height``."""
+    return memory_needed(width, height, models, options, alpha=picture.alpha is not None,
+                         sixteen_bit=picture.is_16bit, gray_source=picture.source_channels == 1)
+
+
+def _pixels_that_fit(picture: Picture, models: Models, options: RestoreOptions, available: int) -> int:
+    """About how many output pixels a picture of this one's shape and kind may have to fit in ``available`` bytes."""
+    low, high = 0.0, 1.0  # a factor on both sides
+    for _ in range(20):
+        middle = (low + high) / 2
+        width, height = max(1, int(picture.width * middle)), max(1, int(picture.height * middle))
+        low, high = (middle, high) if _picture_memory(picture, width, height, models, options) <= available \
+            else (low, middle)
+    return int(picture.width * low) * int(picture.height * low) * options.upscale**2
 
 
 # (face numbers, their distances to the reference person) -> the distances to choose by (a video: per track)
@@ -243,9 +347,14 @@ def finish_restored(plan: FacePlan, restored: Sequence[np.ndarray], blend: float
 
 def _canvas(picture: Picture, size: tuple[int, int], bg_upsampler: Upsampler | None, upscale: int,
             progress: bool = False) -> np.ndarray:
-    """The picture (with alpha) upscaled to ``size`` = (width, height): resized, or through the upsampler."""
-    source = picture.with_alpha(picture.bgr)
+    """The picture (with alpha) upscaled to ``size`` = (width, height): resized, or through the upsampler.
+
+    Always a new array (the caller pastes into it), never more than one full-size one at a time.
+    """
+    source = picture.with_alpha(picture.bgr)  # a new array when there is alpha
     if bg_upsampler is None:
+        if size == (picture.width, picture.height):  # upscale 1: what cv2.resize would copy
+            return source.copy() if source is picture.bgr else source
         return cv2.resize(source, size, interpolation=cv2.INTER_LINEAR)
     upscaled = bg_upsampler.upscale(source, outscale=upscale, progress=progress)
     if (upscaled.shape[1], upscaled.shape[0]) != size:
@@ -287,9 +396,11 @@ def compose(
             masks = list(parser.masks(to_parse, batch_size=batch_size))
         pasted = [PastedFace(face, affine, parse_mask=mask, crop_size=crop_size)
                   for face, affine, mask in zip(faces, affines, masks)]
-        canvas = paste_faces(canvas, pasted, upscale=upscale, draw_box=draw_box)
+        canvas = paste_faces(canvas, pasted, upscale=upscale, draw_box=draw_box, in_place=True)  # canvas is ours
     if picture.source_channels == 1 and plan.gray:
         canvas = np.ascontiguousarray(canvas[:, :, 0])  # gray in, gray out: the three channels are equal
+    if canvas.nbytes >= RELEASE_AFTER_BYTES:
+        release_free_memory()  # the networks' and paste-back's work, freed: the encoder will want room
     return canvas
 
 

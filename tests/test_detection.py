@@ -282,7 +282,7 @@ def test_find_faces_downscales_big_pictures_like_the_current_reference_and_never
     find_faces(small, listed, detection_short_side=None)
     dlib_like = ListDetector([_face((100, 100, 200, 200))], name="dlib", template_name="dlib",
                              resize_for_detection=DlibDetector.resize_for_detection)
-    find_faces(big, dlib_like)
+    find_faces(big, dlib_like, max_detection_pixels=None)  # the reference's rule (the budget: test_big_pictures.py)
     assert listed.seen_shapes == [(512, 600, 3)]
     assert dlib_like.seen_shapes == [(1280, 1600, 3)]
 

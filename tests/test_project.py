@@ -76,3 +76,12 @@ def test_the_readme_setup_installs_the_package_and_its_command() -> None:
 
     scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
     assert scripts.get("codeformer") == "codeformer.cli:main"  # what the set-up installed here
+
+
+def test_every_script_and_benchmark_compiles() -> None:
+    # Benchmarks and scripts run outside the suite: a syntax error there would go unseen until a user runs one.
+    files = [*sorted((REPO / "benchmarks").glob("*.py")), *sorted((REPO / "scripts").glob("*.py")),
+             *sorted(REPO.glob("*.py"))]
+    assert len(files) > 20
+    for path in files:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")

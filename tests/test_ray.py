@@ -33,7 +33,8 @@ from codeformer.jobs.ray.ledger import REPORT_NAME
 from codeformer.jobs.ray.session import Workers, init_local_ray
 from codeformer.precision import SINGLE_ARENA_ENV
 from codeformer.jobs.ray.video import FrameIndex, index_frames, plan_segments
-from codeformer.jobs.local import restore_aligned_files, restore_picture_files
+from codeformer.jobs.local import restore_aligned_files, restore_picture_files, restore_video_file
+from codeformer.jobs.report import REPORT_NAME as FACE_REPORT_NAME, FaceReport
 from test_pipeline import FakeDetector, picture, small_pipeline
 from video_factory import make_clip
 
@@ -136,6 +137,10 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(int)
+
+
 def _report(folder: Path) -> dict[str, dict]:
     lines = (folder / REPORT_NAME).read_text(encoding="utf-8").splitlines()
     return {Path(entry["input"]).name: entry for entry in map(json.loads, lines)}
@@ -149,7 +154,7 @@ def reference(pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline, options = SmallRecipe().build()
     with one_thread():
         restore_picture_files(pipeline, [Path(p) for p in inputs], out, options, suffix="r", extension="auto",
-                              progress=False)
+                              progress=False, report=FaceReport(out / FACE_REPORT_NAME))
     return out
 
 
@@ -166,7 +171,7 @@ def ray_run(local_ray: None, pictures: Path, reference: Path, tmp_path_factory: 
     kept = {name: (out / name).stat().st_mtime_ns for name in finished}
     inputs, not_read = list_pictures(pictures.as_uri())
     report = restore_pictures_on_ray(SmallRecipe(), inputs, out.as_uri(), suffix="r", extension="auto",
-                                     workers=TWO_WORKERS, not_read=not_read, progress=False)
+                                     workers=TWO_WORKERS, not_read=not_read, progress=False, report_faces=True)
     return report, out, kept
 
 
@@ -175,6 +180,12 @@ def test_pictures_are_byte_identical_to_the_single_machine_run(ray_run, referenc
     ray_files = _tree(out)
     del ray_files[REPORT_NAME]
     expected = _tree(reference)
+    # The face report lists the pictures in input order, as one machine writes it; colour.png was done before.
+    ray_faces = json.loads(ray_files.pop(FACE_REPORT_NAME))["inputs"]
+    expected_faces = json.loads(expected.pop(FACE_REPORT_NAME))["inputs"]
+    del expected_faces["colour.png"]
+    assert list(ray_faces) == list(expected_faces) and ray_faces == expected_faces
+    assert [len(entry["faces"]) for entry in ray_faces.values()] == [1] * 4
     assert sorted(ray_files) == sorted(expected)
     assert "final_results/same_jpg_r.jpg" in ray_files and "final_results/deep_r.png" in ray_files
     assert "restored_faces/alpha_00_r.png" in ray_files and "cropped_faces/alpha_00.png" in ray_files
@@ -341,22 +352,33 @@ def _audio_packets(path: Path) -> list[tuple[int, bytes]]:
         return [(packet.pts, bytes(packet)) for packet in container.demux(container.streams.audio[0]) if packet.size]
 
 
-def test_video_in_two_segments_keeps_frames_timing_and_audio(local_ray: None, keyframed_clip: Path,
-                                                             tmp_path: Path) -> None:
+def test_video_in_two_segments_keeps_frames_timing_audio_report_and_frames(local_ray: None, keyframed_clip: Path,
+                                                                          tmp_path: Path) -> None:
     index = index_frames(keyframed_clip, 0)
     assert index is not None and len(index.pts) == 8 and index.keyframes == (0, 4)
     single = tmp_path / "single"
     pipeline, options = SmallRecipe().build()
     with one_thread():
-        pipeline.restore_video(keyframed_clip, single / "clip.mp4", options=options, progress=False)
+        restore_video_file(pipeline, keyframed_clip, single, options, save_frames=True, progress=False,
+                           report=FaceReport(single / FACE_REPORT_NAME))
     out = tmp_path / "ray"
     # Two frames of context (the default, 7, would make each worker restore the whole short clip).
     result = restore_video_on_ray(SmallRecipe(), str(keyframed_clip), str(out), segments=2, workers=TWO_WORKERS,
-                                  overlap=2, progress=False)
+                                  overlap=2, progress=False, report_faces=True, save_frames=True)
     assert result == str(out / "clip.mp4")
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", REPORT_NAME]  # segment files removed
+    # The segment files are removed; the per-frame folders and the face report are the single machine's.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in single.iterdir()), REPORT_NAME])
     entry = _report(out)["clip.mp4"]
     assert (entry["status"], entry["segments"], entry["frames"]) == ("done", 2, 8)
+    faces = json.loads((out / FACE_REPORT_NAME).read_text())
+    assert [frame["frame"] for frame in faces["inputs"]["clip.mp4"]["frames"]] == list(range(8))
+    assert faces == json.loads((single / FACE_REPORT_NAME).read_text())
+    saved = {name: data for name, data in _tree(out).items() if "/" in name}
+    assert len(saved) == 8 * 3 and "final_results/000007.png" in saved
+    alone = {name: data for name, data in _tree(single).items() if "/" in name}
+    assert sorted(saved) == sorted(alone)
+    # Faces go through the network in other groups at a seam: equal up to float rounding.
+    assert max(np.abs(_decoded(saved[name]) - _decoded(alone[name])).max() for name in saved) <= 2
     assert _frame_times(out / "clip.mp4") == _frame_times(single / "clip.mp4")
     assert _audio_packets(out / "clip.mp4") == _audio_packets(single / "clip.mp4")
     with av.open(str(out / "clip.mp4")) as joined, av.open(str(single / "clip.mp4")) as alone:
@@ -398,7 +420,7 @@ def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictur
     """``--ray`` end to end through the command line (on this module's Ray instance, which the command joins
     and leaves running) against the plain command: the same files and exit code."""
     common = ["-i", str(pictures), "--weights_dir", str(light_weights), "--device", "cpu", "-s", "2", "--no_parse",
-              "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "-q"]
+              "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "--report", "-q"]
     clustered = restore_main([*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--ray_workers", "1"])
     err = capfd.readouterr().err
     with one_thread():  # as the worker: its one CPU is one torch thread
@@ -408,4 +430,6 @@ def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictur
     produced = _tree(tmp_path / "ray")
     assert [entry["status"] for entry in map(json.loads, produced.pop(REPORT_NAME).splitlines())].count("done") == 5
     assert produced == _tree(tmp_path / "plain")
-    assert len(produced) == 5  # no face found by the background-only detector: the final pictures alone
+    # No face found by the background-only detector: the final pictures and the (empty) face report alone.
+    assert len(produced) == 6
+    assert json.loads(produced[FACE_REPORT_NAME])["inputs"]["deep.png"] == {"kind": "picture", "faces": []}

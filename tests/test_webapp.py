@@ -11,9 +11,12 @@ Set ``CODEFORMER_WEBAPP_SCREENSHOTS`` to a folder to keep the screenshots the te
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -72,10 +75,13 @@ class FakeDetector:
     name = "fake"
     template_name = "ffhq"
 
-    def __init__(self, centres: tuple[tuple[float, float], ...]) -> None:
+    def __init__(self, centres: tuple[tuple[float, float], ...], gil_hold: int = 0) -> None:
         self.centres = centres
+        self.gil_hold = gil_hold
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        # One C call that never releases Python's GIL, as dlib's detector runs (sum over a range runs in C).
+        sum(range(self.gil_hold))
         height, width = image.shape[:2]
         template = (FFHQ_TEMPLATE_5 - 256.0) / 512.0
         faces = []
@@ -95,8 +101,9 @@ def small_network() -> CodeFormer:
 class SmallFactory:
     """Builds pipelines of small random networks, as :func:`codeformer.load_pipeline` builds real ones."""
 
-    def __init__(self, centres: tuple[tuple[float, float], ...] = ONE_FACE) -> None:
+    def __init__(self, centres: tuple[tuple[float, float], ...] = ONE_FACE, dlib_gil_hold: int = 0) -> None:
         self.centres = centres
+        self.dlib_gil_hold = dlib_gil_hold  # the "dlib" detector's GIL-holding work (see FakeDetector)
         self.choices: list[LoadOptions] = []
 
     def __call__(self, choice: LoadOptions) -> Pipeline:
@@ -107,7 +114,8 @@ class SmallFactory:
         fixed = None if spec.supports_fidelity else 1.0 if spec.task == "inpaint" else 0.0
         restorer = FaceRestorer(small_network(), "cpu", name=choice.model, fixed_weight=fixed,
                                 adain=spec.task != "inpaint")
-        detector = FakeDetector(self.centres) if choice.detector is not None and spec.task == "restore" else None
+        hold = self.dlib_gil_hold if choice.detector == "dlib" else 0
+        detector = FakeDetector(self.centres, hold) if choice.detector is not None and spec.task == "restore" else None
         return Pipeline(spec, restorer, detector=detector)
 
 
@@ -438,10 +446,36 @@ def test_ui_command_prints_the_address_and_serves(monkeypatch: pytest.MonkeyPatc
 # ---------------------------------------------------------------------------------- the live app
 
 
+# How long the "dlib" detector of the live app's pipelines holds the GIL: longer than the page may take.
+DLIB_GIL_SECONDS = 2.5
+PAGE_SECONDS = 2.0
+
+
+# Loads a page every 0.1 s until stopped; prints the seconds each load took, a line each.
+PAGE_PROBE = """
+import sys, time, urllib.request
+while True:
+    started = time.perf_counter()
+    urllib.request.urlopen(sys.argv[1], timeout=30).read()
+    print(time.perf_counter() - started, flush=True)
+    time.sleep(0.1)
+"""
+
+
+def gil_hold_for(seconds: float) -> int:
+    """The length of the range FakeDetector sums to hold the GIL about ``seconds`` on this machine."""
+    count = 2_000_000
+    started = time.perf_counter()
+    sum(range(count))
+    return int(count * seconds / (time.perf_counter() - started))
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[webapp.RunningApp]:
-    """The app on 127.0.0.1 (a free port) with small random networks; closed after the module's tests."""
-    running = webapp.serve(PipelineCache(SmallFactory()), host="127.0.0.1", port=webapp.free_port())
+    """The app on 127.0.0.1 (a free port) with small random networks in a restoration process, as the
+    ``ui`` command serves it; closed after the module's tests."""
+    factory = SmallFactory(dlib_gil_hold=gil_hold_for(DLIB_GIL_SECONDS))
+    running = webapp.serve(webapp.RestorationProcess(factory), host="127.0.0.1", port=webapp.free_port())
     try:
         yield running
     finally:
@@ -471,6 +505,69 @@ def test_restore_api_through_gradio_client(server: webapp.RunningApp, tmp_path: 
         client.predict(handle_file(str(bad)), api_name="/restore")
     assert "scan2.png: not a readable picture (corrupt, truncated or unsupported format)" in str(caught.value)
     assert "Traceback" not in str(caught.value)
+
+
+def test_the_server_answers_while_it_restores_and_every_queued_call_returns(server: webapp.RunningApp,
+                                                                          tmp_path: Path) -> None:
+    """A call whose detector holds the GIL for seconds (as dlib's does), then 8 default gradio_client calls
+    at once: the page keeps loading in under 2 s meanwhile, and every call returns its picture."""
+    from gradio_client import Client, handle_file
+
+    upload = save_png(tmp_path / "photo.png", smooth_picture(120, 100))
+    results: dict[str, str | BaseException] = {}
+
+    def call(name: str, **options) -> None:
+        started = time.perf_counter()
+        try:
+            client = Client(server.local_url, verbose=False, download_files=str(tmp_path / name))
+            results[name] = client.predict(handle_file(str(upload)), api_name="/restore", **options)
+        except Exception as error:  # noqa: BLE001 - asserted below
+            results[name] = error
+        results[f"{name} seconds"] = time.perf_counter() - started
+
+    # The page is loaded from another process: in this one, a held GIL would stop the clock too.
+    probe = subprocess.Popen([sys.executable, "-c", PAGE_PROBE, server.local_url], stdout=subprocess.PIPE, text=True)
+    try:
+        slow = threading.Thread(target=call, args=("dlib",), kwargs={"detector": "dlib"})
+        slow.start()
+        time.sleep(0.5)
+        calls = [threading.Thread(target=call, args=(f"client{index}",)) for index in range(8)]
+        for thread in calls:
+            thread.start()
+        slow.join(timeout=120)
+    finally:
+        probe.terminate()
+    page_seconds = [float(line) for line in probe.communicate(timeout=30)[0].split()]
+    for thread in calls:
+        thread.join(timeout=120)
+    assert results["dlib seconds"] > DLIB_GIL_SECONDS  # the page was loaded while the GIL was held
+    assert len(page_seconds) >= 5 and max(page_seconds) < PAGE_SECONDS, page_seconds
+    for name in ["dlib", *(f"client{index}" for index in range(8))]:
+        assert isinstance(results[name], str) and Path(results[name]).name == "photo_restored.png", results[name]
+        assert cv2.imread(results[name]).shape == (200, 240, 3)
+
+
+def test_a_restoration_process_that_dies_fails_one_request_and_the_next_one_works(tmp_path: Path) -> None:
+    runner = webapp.RestorationProcess(SmallFactory())
+    try:
+        with pytest.raises(CodeFormerError, match=r"^the restoration process stopped \(exit code 3\); try a smaller"):
+            runner.run(os_exit, 3)
+        assert runner.run(loaded_choices) == []
+        with pytest.raises(webapp.PhrasedError) as caught:
+            runner.run(webapp.restore_api, None, ask(), tmp_path)
+        assert webapp.phrase(caught.value) == "send a picture"
+    finally:
+        runner.close()
+    assert runner.pid is None
+
+
+def os_exit(cache: PipelineCache, code: int) -> None:
+    """A handler that ends the restoration process, as the kernel's out-of-memory killer would."""
+    os._exit(code)
+
+
+def loaded_choices(cache: PipelineCache) -> list:
+    return list(cache.loaded())
 
 
 # -------------------------------------------------------------------------------------- the browser

@@ -9,11 +9,18 @@ match the reference's: detection on a copy whose short side is 640, coordinates 
 eye-distance filter, centre / largest face. Example::
 
     faces = find_faces(picture, detector, only_center_face=True)   # picture: (H, W, 3) BGR uint8
+
+One departure, for memory: no detector processes more than :data:`MAX_DETECTION_PIXELS` pixels. The
+reference's rule gives a 640 px copy whose long side grows with the aspect ratio, and dlib the
+picture itself, which its pyramid upsamples (a 108 MP photo: over 400 MP, hundreds of GB). Where the
+rule would go over the budget, the detector sees a copy scaled down to it instead, and its
+coordinates are mapped back exactly; below the budget the reference's rule holds unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -23,10 +30,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_DETECTION_PIXELS",
     "DetectedFace",
     "FaceDetector",
     "center_face",
     "check_bgr_image",
+    "detection_size",
     "eye_distance",
     "find_faces",
     "find_faces_in_frames",
@@ -41,6 +50,13 @@ TEMPLATE_DLIB = "dlib"  # dlib's 5 points: outer/inner corner of each eye, botto
 # `get_face_landmarks_5(resize=640, eye_dist_threshold=5)` as the reference's scripts call it.
 DEFAULT_DETECTION_SHORT_SIDE = 640
 DEFAULT_EYE_DIST_THRESHOLD = 5.0
+# The most pixels a detector effectively processes for one picture: the pixels of the copy it is
+# given times its own upsampling (``area_factor``; dlib: 4, its pyramid's 2x). dlib's CNN takes about
+# 0.95 GiB per such megapixel (measured, dlib 20), so 2 MP keep it near 1.9 GiB, which leaves a
+# 150 MP photo's whole restoration under 4 GiB; RetinaFace takes about 0.45 GiB there. The reference's
+# rule stays exact below it: RetinaFace / YOLOv5 copies up to a 4.9:1 aspect ratio (640 x 3125),
+# dlib on pictures up to 0.5 MP (e.g. 816 x 612), the 512 px minimum working picture included.
+MAX_DETECTION_PIXELS = 2_000_000
 
 _BOX_SHAPE = (4,)
 _LANDMARKS_SHAPE = (5, 2)
@@ -80,7 +96,12 @@ class FaceDetector(Protocol):
     ``resize_for_detection`` (True: detected on a copy whose short side is 640; dlib: False, its own
     pyramid), ``row_dtype`` (np.float32: the dtype its result rows are mapped back in),
     ``shifted_eye_distance`` (False: see :func:`find_faces`), and ``detect_batch(images)`` (several
-    frames of one size in one forward pass).
+    frames of one size in one forward pass). Two more bound its memory: ``area_factor`` (1: pixels it
+    processes per pixel it is given; dlib: 4 ** upsampling) and ``pixel_centred`` (False: coordinates
+    are continuous, pixel ``i`` spanning ``[i, i + 1)``; dlib: True, whole pixel indices, pixel ``i``'s
+    centre at ``i``), which says how coordinates found on a copy scaled down to the budget map back.
+    ``memory_per_pixel`` (bytes its network takes per pixel processed) feeds the memory estimate of
+    :func:`codeformer.restoration.memory_needed`.
     """
 
     name: str
@@ -175,6 +196,7 @@ def find_faces(
     only_keep_largest: bool = False,
     eye_dist_threshold: float | None = DEFAULT_EYE_DIST_THRESHOLD,
     detection_short_side: int | None = DEFAULT_DETECTION_SHORT_SIDE,
+    max_detection_pixels: int | None = MAX_DETECTION_PIXELS,
 ) -> list[DetectedFace]:
     """Detect faces as the reference's ``get_face_landmarks_5(resize=640, eye_dist_threshold=5)``.
 
@@ -185,6 +207,10 @@ def find_faces(
     - RetinaFace and YOLOv5 detectors see the picture resized by ``detection_short_side / short
       side`` (bilinear up, area down; ``None``: no resize); boxes and landmarks are mapped back. dlib
       sees the picture at its own size, as in the reference (its own pyramid upsampling does the rest).
+    - Where that copy, times the detector's ``area_factor``, has more than ``max_detection_pixels``
+      pixels (``None``: no bound), the detector sees a copy of the picture with that many pixels
+      instead (area when shrinking), and coordinates are mapped back through the copy's exact size
+      ratio per axis.
     - Faces whose eyes are closer than ``eye_dist_threshold`` pixels (side or tiny faces) are dropped.
     - ``only_keep_largest`` keeps the largest box (clipped to the picture); otherwise
       ``only_center_face`` keeps the face nearest the picture centre. Either returns at most one face.
@@ -196,7 +222,7 @@ def find_faces(
     """
     image = check_bgr_image(image)
     height, width = image.shape[:2]
-    faces = _detect_resized([image], detector, detection_short_side)[0]
+    faces = _detect_resized([image], detector, detection_short_side, max_detection_pixels)[0]
     faces = _keep_frontal(faces, detector, eye_dist_threshold)
     if not faces:
         return []
@@ -213,6 +239,7 @@ def find_faces_in_frames(
     *,
     eye_dist_threshold: float | None = DEFAULT_EYE_DIST_THRESHOLD,
     detection_short_side: int | None = DEFAULT_DETECTION_SHORT_SIDE,
+    max_detection_pixels: int | None = MAX_DETECTION_PIXELS,
 ) -> list[list[DetectedFace]]:
     """:func:`find_faces` (without the one-face choices) for several frames of one size.
 
@@ -221,35 +248,77 @@ def find_faces_in_frames(
     in batched convolutions).
     """
     images = [check_bgr_image(frame) for frame in frames]
-    found = _detect_resized(images, detector, detection_short_side)
+    found = _detect_resized(images, detector, detection_short_side, max_detection_pixels)
     return [_keep_frontal(faces, detector, eye_dist_threshold) for faces in found]
 
 
-def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector,
-                    detection_short_side: int | None) -> list[list[DetectedFace]]:
-    """Detections per image, each image resized for detection as the reference does, mapped back."""
+def detection_size(height: int, width: int, detector: FaceDetector, *,
+                   detection_short_side: int | None = DEFAULT_DETECTION_SHORT_SIDE,
+                   max_detection_pixels: int | None = MAX_DETECTION_PIXELS) -> tuple[tuple[int, int], float | None]:
+    """The size (width, height) of the copy ``detector`` sees of a picture of ``height`` rows and
+    ``width`` columns, and the reference's scale when its rule gives the copy (``None``: the budget did).
+
+    The reference's rule: the short side to ``detection_short_side`` (sizes truncated, as the
+    reference does), or no resize for a detector without ``resize_for_detection`` (dlib). When the
+    copy's pixels times the detector's ``area_factor`` are over ``max_detection_pixels``, the largest
+    copy of the picture's aspect ratio within that many pixels instead.
+    """
+    resize = getattr(detector, "resize_for_detection", True)
+    scale = _detection_scale(height, width, detection_short_side) if resize else 1.0
+    size = (int(width * scale), int(height * scale)) if scale != 1.0 else (width, height)
+    area_factor = getattr(detector, "area_factor", 1)
+    if max_detection_pixels is None or size[0] * size[1] * area_factor <= max_detection_pixels:
+        return size, scale
+    limit = max(1, max_detection_pixels // area_factor)  # pixels of the copy
+    bounded = math.sqrt(limit / (width * height))
+    copy_width, copy_height = max(1, int(width * bounded)), max(1, int(height * bounded))
+    if copy_width * copy_height > limit:  # one side under a pixel (a thin strip): the other gets the rest
+        copy_width, copy_height = min(copy_width, limit), min(copy_height, limit)
+    return (copy_width, copy_height), None
+
+
+def _detect_resized(images: Sequence[np.ndarray], detector: FaceDetector, detection_short_side: int | None,
+                    max_detection_pixels: int | None = MAX_DETECTION_PIXELS) -> list[list[DetectedFace]]:
+    """Detections per image, each resized for detection as the reference does (within the budget), mapped back."""
     if not images:
         return []
     height, width = images[0].shape[:2]
-    resize = getattr(detector, "resize_for_detection", True)
-    scale = _detection_scale(height, width, detection_short_side) if resize else 1.0
-    if scale != 1.0:
+    size, scale = detection_size(height, width, detector, detection_short_side=detection_short_side,
+                                 max_detection_pixels=max_detection_pixels)
+    if size != (width, height):
         # Same size rounding as the reference (int truncation), and the same inverse mapping (/ scale).
-        size = (int(width * scale), int(height * scale))
-        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        enlarging = scale > 1.0 if scale is not None else size[0] * size[1] > width * height
+        interpolation = cv2.INTER_LINEAR if enlarging else cv2.INTER_AREA
         images = [cv2.resize(image, size, interpolation=interpolation) for image in images]
+        logger.debug("%s detects on a %dx%d copy of a %dx%d picture", detector.name, *size, width, height)
     batch_detect = getattr(detector, "detect_batch", None)
     same_size = all(image.shape == images[0].shape for image in images)
     if batch_detect is not None and len(images) > 1 and same_size:
         found = batch_detect(images)
     else:
         found = [detector.detect(image) for image in images]
-    if scale != 1.0:
+    if scale is None:  # a copy scaled down to the budget: the exact size ratio, per axis
+        ratio = np.array([size[0] / width, size[1] / height])  # (x, y)
+        centred = getattr(detector, "pixel_centred", False)
+        found = [[_unscale_exactly(face, ratio, centred) for face in faces] for faces in found]
+    elif scale != 1.0:
         row_dtype = getattr(detector, "row_dtype", np.float32)  # YOLOv5: int64
         found = [[_unscale_like_reference(face, scale, row_dtype) for face in faces] for faces in found]
     for faces in found:
         logger.debug("%s found %d face(s) in a %dx%d picture", detector.name, len(faces), width, height)
     return found
+
+
+def _unscale_exactly(face: DetectedFace, ratio: np.ndarray, pixel_centred: bool) -> DetectedFace:
+    """Coordinates found on a copy resized by ``ratio`` = (copy / picture) per axis, in the picture's pixels.
+
+    ``cv2.resize`` puts the copy's pixel ``i`` over the picture's ``[i / r, (i + 1) / r)``: a continuous
+    coordinate ``x`` maps back to ``x / r``, a pixel index (``pixel_centred``) to ``(x + 0.5) / r - 0.5``.
+    """
+    offset = 0.5 if pixel_centred else 0.0
+    box = (face.box.reshape(2, 2) + offset) / ratio - offset  # (2, 2): (x1, y1), (x2, y2)
+    landmarks = (face.landmarks + offset) / ratio - offset  # (5, 2)
+    return DetectedFace(box=box.ravel(), score=face.score, landmarks=landmarks)
 
 
 def _keep_frontal(faces: list[DetectedFace], detector: FaceDetector,

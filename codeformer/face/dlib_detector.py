@@ -2,7 +2,11 @@
 
 The picture is upsampled once by dlib's own pyramid (the reference's ``upsample_num_times=1``) so
 that faces down to about 40 px are found, and it is detected at its own size (no 640 px copy, see
-:attr:`DlibDetector.resize_for_detection`). The landmarks come in dlib's own order (two corners of
+:attr:`DlibDetector.resize_for_detection`) up to half a megapixel: dlib's CNN takes about 0.95 GiB
+per megapixel it processes, 4 per megapixel given (:attr:`DlibDetector.area_factor`), so bigger
+pictures are detected on a copy of
+:data:`~codeformer.face.detection.MAX_DETECTION_PIXELS` / 4 pixels (see
+:func:`~codeformer.face.detection.find_faces`). The landmarks come in dlib's own order (two corners of
 one eye, two of the other, the bottom of the nose): the dlib template. The files come from
 :mod:`codeformer.registry` (by default those the ``face-recognition-models`` package ships).
 """
@@ -34,11 +38,21 @@ class DlibDetector:
     template_name = TEMPLATE_DLIB
     # The reference hands dlib the picture at its own size: its pyramid does the resizing.
     resize_for_detection = False
+    # Boxes and points are whole pixel indices (a pixel's centre at its index), not continuous coordinates.
+    pixel_centred = True
+    # Bytes the CNN takes per pixel it processes (0.95 GiB a megapixel, measured with dlib 20): for
+    # the memory estimate of codeformer.restoration.memory_needed.
+    memory_per_pixel = 1024
 
     def __init__(self, face_detector: Any, shape_predictor: Any, *, upsample_times: int = DLIB_UPSAMPLE_TIMES) -> None:
         self._face_detector = face_detector  # dlib.cnn_face_detection_model_v1
         self._shape_predictor = shape_predictor  # dlib.shape_predictor (5 points)
         self._upsample_times = upsample_times
+
+    @property
+    def area_factor(self) -> int:
+        """Pixels the CNN processes per pixel it is given: each pyramid upsampling doubles both sides."""
+        return 4**self._upsample_times
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         pixels = check_bgr_image(image)

@@ -44,14 +44,23 @@ Two more things make the agreement bit-exact rather than approximate:
   multiply-add: last-bit differences). Window columns start at a multiple of 64 (and end at one, or
   at the canvas edge), so every pixel goes through the same code path as on the full canvas.
 
-The face area is summed in float64 over S on both paths (the reference sums float32 over the whole
-canvas: a relative difference below 1e-6, which changes the integer edge width only when
-``sqrt(area)`` lies within 1e-5 of a multiple of 20). Overlapping faces share one floating-point
-buffer, so a later face blends over the untruncated values of earlier ones, as on the reference's
-canvas. The draw_box borders are blended in float64 and rounded (the reference leaves float32 values
-that ``cv2.imwrite`` rounds). Measured against a transliteration of the reference that uses
-``cv2.warpAffine``: at most 1 grey level apart on about 0.1 % of pixels (uint8, s = 1, 2, 3, with
-and without parse masks).
+The face area is summed in float64 over S on both paths, row by row, the row sums added exactly
+(``math.fsum``), so any split into bands gives the same total (the reference sums float32 over the
+whole canvas: a relative difference below 1e-6, which changes the integer edge width only when
+``sqrt(area)`` lies within 1e-5 of a multiple of 20).
+
+Overlapping faces share one floating-point buffer, so a later face blends over the untruncated
+values of earlier ones, as on the reference's canvas. The draw_box borders are blended in float64
+and rounded (the reference leaves float32 values that ``cv2.imwrite`` rounds). Measured against a
+transliteration of the reference that uses ``cv2.warpAffine``: at most 1 grey level apart on about
+0.1 % of pixels (uint8, s = 1, 2, 3, with and without parse masks).
+
+Big faces on big canvases: a face region (the union of overlapping faces' reach) of more than
+``PASTE_BAND_PIXELS`` pixels is blended a band of rows at a time, so no float buffer grows with the
+picture. Each band's soft masks are computed from the band's rows plus, on each side, the rows the
+erosions and the blur read (``_band_reach``); the area is summed beforehand, band by band. Rows
+farther than that from a cut see the same values as in the whole window, and the blend is per
+pixel, in the same face order: the bands give the window's pixels bit for bit.
 
 Example::
 
@@ -78,6 +87,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BOX_COLOR_BGR",
     "MASK_COLORMAP",
+    "PASTE_BAND_PIXELS",
     "PastedFace",
     "parse_labels_to_mask",
     "paste_faces",
@@ -118,6 +128,9 @@ _SUPPORT_SAFETY = 2
 _COLUMN_ALIGN = 64
 _MAP_CHUNK_ROWS = 1024  # rows of sampling coordinates computed at a time (bounds temporaries)
 _BLEND_CHUNK_ROWS = 64  # rows blended at a time: small temporaries stay in cache (no page faults)
+# Canvas pixels of a face region blended at a time: its float64 buffer and per-face layers take about
+# 60 bytes a pixel, so about 250 MB. Face regions this size or smaller are done in one piece.
+PASTE_BAND_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,6 +297,17 @@ def _erode(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class _Mask:
+    """One face's soft mask and eroded square mask over ``box`` of the canvas (a band of its reach, or all of it)."""
+
+    box: _Box  # the arrays below cover this box
+    area: float  # the eroded square mask's sum over the whole support: sets the edge width and box border
+    soft: np.ndarray  # (h, w) float32: the eroded mask eroded again and blurred (parse mask not yet applied)
+    eroded: np.ndarray  # (h, w) float32: the square mask eroded once (what the warped face is multiplied by)
+    maps: tuple[np.ndarray, np.ndarray] | None = None  # (h, w) float32 each: crop coordinates, when kept
+
+
+@dataclass(frozen=True)
 class _Layers:
     """One face's blend inputs over ``box`` of the canvas."""
 
@@ -293,46 +317,132 @@ class _Layers:
     border: np.ndarray | None  # (h, w) float32 draw_box weight, when asked for
 
 
-def _face_layers(face: PastedFace, plan: _FacePlan, box: _Box, *, upscale: int, value_scale: int,
-                 draw_box: bool, crop_to_reach: bool) -> _Layers | None:
-    """The reference's per-face layers, computed over ``box`` (which contains ``plan.support``).
+def _edge_width(area: float) -> int:
+    return int(math.sqrt(area)) // EDGE_DIVISOR
 
-    With ``crop_to_reach`` the returned layers cover only the pixels the face can change (its support
-    grown by the blur radius), else all of ``box``. ``None`` when the eroded mask is empty (the face
-    barely touches the canvas): such a face changes nothing (the reference would also fail to size
-    its draw_box border).
+
+def _band_reach(area: float, upscale: int) -> int:
+    """Rows beyond a band its soft mask is computed from, so that the band's rows equal the whole window's.
+
+    Each filter reads a bounded number of rows on each side: the first erosion (2 s), the second
+    (2 * edge, or 3x3 for edge 0), the blur (edge). Rows farther than their sum from a cut are untouched by it.
     """
-    size = plan.face_size
-    maps = _sampling_maps(plan.from_canvas, box)
-    inv_mask = _sample(np.ones((size, size), np.float32), maps)  # (h, w)
-    eroded = _erode(inv_mask, int(2 * upscale))  # removes the black rim bilinear sampling leaves
-    area = float(np.ascontiguousarray(eroded[plan.support.within(box)], dtype=np.float64).sum())
+    edge = _edge_width(area)
+    return 2 * upscale + max(2 * edge, EMPTY_KERNEL_EROSION) + edge + _SUPPORT_SAFETY
+
+
+def _reach_box(plan: _FacePlan, area: float) -> _Box:
+    """The pixels a face of this area can change: its support grown by the blur radius, in its window."""
+    # The blur spreads the mask by `edge` px; boxes stay column-aligned (see the module docstring).
+    window = plan.window
+    grown = plan.support.grown(_edge_width(area) + 1, window.x1, window.y1).intersection(window)
+    return _align_columns(grown, window.x1)
+
+
+def _eroded_square(plan: _FacePlan, box: _Box, upscale: int,
+                   maps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The crop square of ones sampled into ``box``, eroded by 2 s (the black rim bilinear sampling leaves)."""
+    maps = maps if maps is not None else _sampling_maps(plan.from_canvas, box)
+    inv_mask = _sample(np.ones((plan.face_size, plan.face_size), np.float32), maps)
+    return _erode(inv_mask, int(2 * upscale))  # (h, w) float32
+
+
+def _row_sums(eroded: np.ndarray, box: _Box, support: _Box) -> np.ndarray:
+    """float64 sums of ``eroded`` (covering ``box``) over each row of ``support`` inside ``box``."""
+    part = support.intersection(box)
+    if part.empty:
+        return np.zeros(0)
+    return np.ascontiguousarray(eroded[part.within(box)], dtype=np.float64).sum(axis=1)  # (rows,)
+
+
+def _area(row_sums: Sequence[np.ndarray]) -> float:
+    """The exactly rounded total of per-row sums: the same however the rows were split into bands."""
+    return math.fsum(value for sums in row_sums for value in sums.tolist())
+
+
+def _face_area(plan: _FacePlan, upscale: int, band_rows: int) -> float:
+    """The eroded square mask's sum over the support, computed ``band_rows`` rows at a time."""
+    reach = 2 * upscale + _SUPPORT_SAFETY  # rows the first erosion reads on each side
+    window, support = plan.window, plan.support
+    sums = []
+    for top in range(support.y0, support.y1, band_rows):
+        bottom = min(support.y1, top + band_rows)
+        box = _Box(window.x0, max(window.y0, top - reach), window.x1, min(window.y1, bottom + reach))
+        band = _Box(support.x0, top, support.x1, bottom)
+        sums.append(_row_sums(_eroded_square(plan, box, upscale), box, band))
+    return _area(sums)
+
+
+def _face_mask(plan: _FacePlan, box: _Box, *, upscale: int, crop_to_reach: bool, area: float | None = None,
+               rows: tuple[int, int] | None = None) -> _Mask | None:
+    """The reference's soft mask of one face, computed over ``box`` (which contains ``plan.support``'s columns).
+
+    ``area``: the face's area, when ``box`` is a band that does not hold its whole support (see
+    :func:`_face_area`); such a band must reach :func:`_band_reach` rows beyond ``rows`` where the
+    window does, and its mask is made of compact copies (the band's extra rows are freed). Without
+    it, the mask's arrays are views of ``box``'s, and the sampling maps are kept for the colours.
+    With ``crop_to_reach`` the mask covers only the pixels the face can change (its support grown by
+    the blur radius, column-aligned, within its window), else all of ``box``; ``rows`` (canvas rows,
+    half-open) crops it further. ``None`` when the eroded mask is empty (the face barely touches the
+    canvas): such a face changes nothing (the reference would also fail to size its draw_box border).
+    """
+    banded = area is not None
+    maps = None if banded else _sampling_maps(plan.from_canvas, box)
+    eroded = _eroded_square(plan, box, upscale, maps)
+    if area is None:
+        area = _area([_row_sums(eroded, box, plan.support)])
     if area <= 0.0:
         return None
-    edge = int(math.sqrt(area)) // EDGE_DIVISOR
-    soft = cv2.GaussianBlur(_erode(eroded, 2 * edge), (2 * edge + 1, 2 * edge + 1), 0)  # (h, w) float32
-    out_box = box
-    if crop_to_reach:
-        # The blur spreads the mask by `edge` px; boxes stay column-aligned (see the module docstring).
-        out_box = _align_columns(plan.support.grown(edge + 1, box.x1, box.y1).intersection(box), box.x1)
+    edge = _edge_width(area)
+    out_box = _reach_box(plan, area).intersection(box) if crop_to_reach else box
+    if rows is not None:
+        out_box = out_box.intersection(_Box(out_box.x0, rows[0], out_box.x1, rows[1]))
+    if out_box.empty:
+        return _Mask(out_box, area, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
     inside = out_box.within(box)
-    soft = soft[inside]
+    soft = cv2.GaussianBlur(_erode(eroded, 2 * edge), (2 * edge + 1, 2 * edge + 1), 0)[inside]  # (h, w) float32
+    if banded:
+        return _Mask(out_box, area, np.ascontiguousarray(soft), np.ascontiguousarray(eroded[inside]))
+    return _Mask(out_box, area, soft, eroded[inside], (maps[0][inside], maps[1][inside]))
+
+
+def _face_colour(face: PastedFace, plan: _FacePlan, mask: _Mask, box: _Box, *, value_scale: int,
+                 draw_box: bool) -> _Layers:
+    """The blend inputs of one face over ``box`` (inside ``mask.box``): the parse mask applied, the face warped."""
+    size = plan.face_size
+    inside = box.within(mask.box)
+    if mask.maps is not None:
+        maps = (mask.maps[0][inside], mask.maps[1][inside])
+    else:
+        maps = _sampling_maps(plan.from_canvas, box)  # the same values as any other box's at these pixels
+    soft = mask.soft[inside]
     if face.parse_mask is not None:
         parse = np.asarray(face.parse_mask, dtype=np.float64)
         if parse.shape != (size, size):
             parse = cv2.resize(parse, (size, size), interpolation=cv2.INTER_LINEAR)
-        out_maps = (maps[0][inside], maps[1][inside])
-        soft = np.minimum(_sample(parse, out_maps), soft)  # (h, w) float64: where the parse mask is lower it wins
+        soft = np.minimum(_sample(parse, maps), soft)  # (h, w) float64: where the parse mask is lower it wins
     restored = face.face if value_scale == 1 else face.face.astype(np.uint16) * np.uint16(value_scale)
-    inv_restored = _sample(restored, (maps[0][inside], maps[1][inside]))  # (h, w, 3)
-    pasted = eroded[inside][:, :, None] * inv_restored  # (h, w, 3) float32
+    pasted = mask.eroded[inside][:, :, None] * _sample(restored, maps)  # (h, w, 3) float32
     border = None
     if draw_box:
-        thickness = int(BOX_THICKNESS_NUMERATOR / math.sqrt(area))
+        thickness = int(BOX_THICKNESS_NUMERATOR / math.sqrt(mask.area))
         frame = np.ones((size, size), np.float32)
         frame[thickness:size - thickness, thickness:size - thickness] = 0
-        border = _sample(frame, (maps[0][inside], maps[1][inside]))  # (h, w)
-    return _Layers(box=out_box, soft=soft, pasted=pasted, border=border)
+        border = _sample(frame, maps)  # (h, w)
+    return _Layers(box=box, soft=soft, pasted=pasted, border=border)
+
+
+def _face_layers(face: PastedFace, plan: _FacePlan, box: _Box, *, upscale: int, value_scale: int,
+                 draw_box: bool, crop_to_reach: bool) -> _Layers | None:
+    """The reference's per-face layers, computed over ``box`` (which contains ``plan.support``), in one piece.
+
+    With ``crop_to_reach`` the returned layers cover only the pixels the face can change (its support
+    grown by the blur radius), else all of ``box``. ``None`` when the face changes nothing (see :func:`_face_mask`).
+    """
+    mask = _face_mask(plan, box, upscale=upscale, crop_to_reach=crop_to_reach)
+    if mask is None:
+        return None
+    return _face_colour(face, plan, mask, mask.box, value_scale=value_scale, draw_box=draw_box)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,7 +517,7 @@ def _check_inputs(canvas: np.ndarray, faces: Sequence[PastedFace]) -> int:
 
 
 def paste_faces(canvas: np.ndarray, faces: Sequence[PastedFace], *, upscale: int,
-                draw_box: bool = False) -> np.ndarray:
+                draw_box: bool = False, in_place: bool = False, band_pixels: int = PASTE_BAND_PIXELS) -> np.ndarray:
     """Blend restored faces into ``canvas``, working inside each face's bounding box.
 
     ``canvas`` is the picture already upscaled to exactly ``(H * upscale, W * upscale)`` (resized or
@@ -417,14 +527,17 @@ def paste_faces(canvas: np.ndarray, faces: Sequence[PastedFace], *, upscale: int
     ones); a face entirely outside the canvas is skipped. ``draw_box`` draws the reference's green
     square around each face, after all faces are blended.
 
-    Returns a new array (same shape and dtype); the inputs are not modified. Gives exactly the pixels
-    of :func:`paste_faces_full_frame`, at a cost that grows with the faces' area only.
+    Returns a new array (same shape and dtype) and leaves the inputs alone, unless ``in_place``: then
+    ``canvas`` itself is blended into and returned (no copy of a big picture). Gives exactly the
+    pixels of :func:`paste_faces_full_frame`, at a cost that grows with the faces' area only; a face
+    region of more than ``band_pixels`` pixels is blended a band of rows at a time, so the floating
+    point buffers stay that size whatever the face's.
     """
     scale = validate_upscale(upscale)
     value_scale = _check_inputs(canvas, faces)
     precision = _blend_dtype(canvas, faces)
     height, width = canvas.shape[:2]
-    result = canvas.copy()
+    result = canvas if in_place else canvas.copy()
     placed = []
     for index, face in enumerate(faces):
         plan = _plan_face(face, scale, width, height)
@@ -433,7 +546,8 @@ def paste_faces(canvas: np.ndarray, faces: Sequence[PastedFace], *, upscale: int
         else:
             placed.append((face, plan))
     for group in _overlapping_groups([plan.blend for _, plan in placed]):
-        _paste_group(result, [placed[index] for index in group], scale, value_scale, draw_box, precision)
+        _paste_group(result, [placed[index] for index in group], scale, value_scale, draw_box, precision,
+                     max(1, band_pixels))
     return result
 
 
@@ -462,26 +576,59 @@ def _overlapping_groups(boxes: Sequence[_Box]) -> list[list[int]]:
 
 
 def _paste_group(result: np.ndarray, group: Sequence[tuple[PastedFace, _FacePlan]], upscale: int,
-                 value_scale: int, draw_box: bool, precision: type[np.floating]) -> None:
-    """Blend one group of overlapping faces into ``result`` in place, within their union box."""
+                 value_scale: int, draw_box: bool, precision: type[np.floating], band_pixels: int) -> None:
+    """Blend one group of overlapping faces into ``result`` in place, within their union box.
+
+    The union is blended in bands of rows of about ``band_pixels`` pixels (one band when it is
+    smaller): each band's float buffer takes every face of the group in order, as the whole union's
+    would. A face's soft mask in a band is computed from the band's rows plus :func:`_band_reach`
+    rows on each side, its area beforehand (:func:`_face_area`); both equal the whole window's.
+    """
     union = group[0][1].blend
     for _, plan in group[1:]:
         union = union.union(plan.blend)
-    rows, columns = union.within(_Box(0, 0, result.shape[1], result.shape[0]))
-    region = result[rows, columns, :_COLOR_CHANNELS].astype(np.float64)  # (h, w, 3)
-    borders: list[tuple[tuple[slice, slice], np.ndarray]] = []
-    for face, plan in group:
-        layers = _face_layers(face, plan, plan.window, upscale=upscale, value_scale=value_scale,
-                              draw_box=draw_box, crop_to_reach=True)
-        if layers is None:
-            continue
-        _blend_into(region[layers.box.within(union)], layers.soft, layers.pasted, precision)
-        if layers.border is not None:
-            borders.append((layers.box.within(union), layers.border))
-    colors = _truncate(region, result.dtype)
-    if borders:
-        colors = _draw_borders(colors, borders, value_scale)
-    result[rows, columns, :_COLOR_CHANNELS] = colors
+    band_rows = max(1, band_pixels // (union.x1 - union.x0))
+    if union.y1 - union.y0 <= band_rows:  # one band: each face's layers over its whole window
+        areas: list[float | None] = [None] * len(group)
+        mask_rows = union.y1 - union.y0
+    else:
+        areas = [_face_area(plan, upscale, max(1, band_pixels // (plan.window.x1 - plan.window.x0)))
+                 for _, plan in group]
+        # Soft masks are computed for at least twice as many rows as they reach beyond: at most 2x the work.
+        mask_rows = max(band_rows, *(2 * _band_reach(area, upscale) for area in areas if area))
+    canvas_box = _Box(0, 0, result.shape[1], result.shape[0])
+    for top in range(union.y0, union.y1, mask_rows):
+        bottom = min(union.y1, top + mask_rows)
+        masks = []
+        for (face, plan), area in zip(group, areas):
+            if area is None:
+                box = plan.window
+            elif area <= 0.0 or _reach_box(plan, area).intersection(_Box(union.x0, top, union.x1, bottom)).empty:
+                continue
+            else:
+                reach = _band_reach(area, upscale)
+                box = _Box(plan.window.x0, max(plan.window.y0, top - reach), plan.window.x1,
+                           min(plan.window.y1, bottom + reach))
+            mask = _face_mask(plan, box, upscale=upscale, crop_to_reach=True, area=area, rows=(top, bottom))
+            if mask is not None and not mask.box.empty:
+                masks.append((face, plan, mask))
+        for start in range(top, bottom, band_rows):
+            band = _Box(union.x0, start, union.x1, min(bottom, start + band_rows))
+            rows, columns = band.within(canvas_box)
+            region = result[rows, columns, :_COLOR_CHANNELS].astype(np.float64)  # (h, w, 3)
+            borders: list[tuple[tuple[slice, slice], np.ndarray]] = []
+            for face, plan, mask in masks:
+                part = mask.box.intersection(band)
+                if part.empty:
+                    continue
+                layers = _face_colour(face, plan, mask, part, value_scale=value_scale, draw_box=draw_box)
+                _blend_into(region[part.within(band)], layers.soft, layers.pasted, precision)
+                if layers.border is not None:
+                    borders.append((part.within(band), layers.border))
+            colors = _truncate(region, result.dtype)
+            if borders:
+                colors = _draw_borders(colors, borders, value_scale)
+            result[rows, columns, :_COLOR_CHANNELS] = colors
 
 
 def paste_faces_full_frame(canvas: np.ndarray, faces: Sequence[PastedFace], *, upscale: int,

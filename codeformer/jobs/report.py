@@ -27,14 +27,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from codeformer.restoration import RestoredFace, RestoreResult, SkippedFace
 from codeformer.imageio import write_bytes_atomic
+from codeformer.jobs.storage import Folder
 
-__all__ = ["REPORT_NAME", "REPORT_VERSION", "FaceReport", "face_entries"]
+__all__ = ["REPORT_NAME", "REPORT_VERSION", "FaceReport", "face_entries", "frame_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +75,42 @@ def face_entries(result: RestoreResult, *, track: bool = False) -> list[dict[str
 
 
 class FaceReport:
-    """Collects per-face entries and keeps ``path`` written, atomically, after every input."""
+    """Collects per-face entries and keeps the report written, atomically, after every input.
 
-    def __init__(self, path: Path, *, keep_existing: bool = False) -> None:
+    ``path``: the report file on this machine; :meth:`in_folder` writes into a :class:`~codeformer.jobs.storage.Folder`
+    (a path or an fsspec URL) instead, as Ray jobs do.
+    """
+
+    def __init__(self, path: Path | None, *, keep_existing: bool = False,
+                 storage: tuple[Callable[[], bytes | None], Callable[[bytes], None]] | None = None) -> None:
         self.path = path
+        if storage is None:
+            assert path is not None
+            storage = (lambda: path.read_bytes() if path.is_file() else None,
+                       lambda data: write_bytes_atomic(path, data))
+        self._read, self._write = storage
         self._inputs: dict[str, Any] = self._read_existing() if keep_existing else {}
         self._frames: list[dict[str, Any]] = []
 
+    @classmethod
+    def in_folder(cls, folder: Folder, *, keep_existing: bool = False) -> FaceReport:
+        """A report written as ``REPORT_NAME`` into ``folder`` (a local folder or a URL)."""
+        return cls(None, keep_existing=keep_existing,
+                   storage=(lambda: folder.read_bytes(REPORT_NAME) if folder.exists(REPORT_NAME) else None,
+                            lambda data: folder.write_bytes(REPORT_NAME, data)))
+
     def _read_existing(self) -> dict[str, Any]:
-        if not self.path.is_file():
-            return {}
+        where = self.path or REPORT_NAME
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = self._read()
+            if raw is None:
+                return {}
+            data = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError) as error:
-            logger.warning("%s is unreadable (%s): starting a new report", self.path, error)
+            logger.warning("%s is unreadable (%s): starting a new report", where, error)
             return {}
         if not isinstance(data, dict) or data.get("version") != REPORT_VERSION or not isinstance(data.get("inputs"), dict):
-            logger.warning("%s is not a report of this version: starting a new report", self.path)
+            logger.warning("%s is not a report of this version: starting a new report", where)
             return {}
         return data["inputs"]
 
@@ -99,18 +119,29 @@ class FaceReport:
         return self._inputs
 
     def add_picture(self, name: str, result: RestoreResult) -> None:
-        self._inputs[name] = {"kind": "picture", "faces": face_entries(result)}
-        self.write()
+        self.add_picture_entries(name, face_entries(result))
+
+    def add_picture_entries(self, name: str, entries: list[dict[str, Any]], *, write: bool = True) -> None:
+        """A picture's face entries made elsewhere (a Ray worker: :func:`face_entries`); ``write=False``: later."""
+        self._inputs[name] = {"kind": "picture", "faces": entries}
+        if write:
+            self.write()
 
     def add_frame(self, index: int, result: RestoreResult) -> None:
         """One frame of the video being restored (call :meth:`add_video` when it is done)."""
-        self._frames.append({"frame": index, "faces": face_entries(result, track=True)})
+        self._frames.append(frame_entry(index, result))
 
-    def add_video(self, name: str) -> None:
-        self._inputs[name] = {"kind": "video", "frames": self._frames}
+    def add_video(self, name: str, frames: list[dict[str, Any]] | None = None) -> None:
+        """The video's frames: those added with :meth:`add_frame`, or ``frames`` made elsewhere (Ray segments)."""
+        self._inputs[name] = {"kind": "video", "frames": self._frames if frames is None else frames}
         self._frames = []
         self.write()
 
     def write(self) -> None:
         data = {"version": REPORT_VERSION, "inputs": self._inputs}
-        write_bytes_atomic(self.path, json.dumps(data, indent=1).encode("utf-8"))
+        self._write(json.dumps(data, indent=1).encode("utf-8"))
+
+
+def frame_entry(index: int, result: RestoreResult) -> dict[str, Any]:
+    """A video frame's report entry: its index and its faces (numbered by track)."""
+    return {"frame": index, "faces": face_entries(result, track=True)}

@@ -133,7 +133,8 @@ def _run_on_ray(job: Job, describe: Describe) -> BatchReport:
         with ray_session(job.ray.address):
             written = restore_video_on_ray(recipe, job.input, out_root, suffix=job.output.suffix,
                                            segments=job.ray.segments, workers=workers(), settings=job.video,
-                                           progress=job.progress, describe=describe)
+                                           progress=job.progress, describe=describe,
+                                           report_faces=job.output.report, save_frames=job.output.save_frames)
         return BatchReport(done=int(written is not None), skipped=int(written is None))
     pictures, not_read = list_pictures(job.input)
     out = job.faces_folder() if job.faces_only else out_root
@@ -143,5 +144,6 @@ def _run_on_ray(job: Job, describe: Describe) -> BatchReport:
         report = restore_pictures_on_ray(
             recipe, pictures, out, aligned=job.faces_only, suffix=job.output.suffix,
             extension=None if job.faces_only else job.output.extension, workers=workers(), report_to=out_root,
-            not_read=not_read, progress=job.progress, desc=label, describe=describe)
+            not_read=not_read, progress=job.progress, desc=label, describe=describe,
+            report_faces=job.output.report)
     return _finish(report, not_read, out_root, job.task)

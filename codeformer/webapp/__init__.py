@@ -10,7 +10,8 @@ Tabs: **Restore** (whole pictures or aligned faces, several at once), **Video**,
 
 Modules: :mod:`~codeformer.webapp.requests` (the page's values as option objects),
 :mod:`~codeformer.webapp.handlers` (plain functions: uploads in, previews and downloads out),
-:mod:`~codeformer.webapp.cache` (loaded pipelines, one lock for the device), one module per tab,
+:mod:`~codeformer.webapp.cache` (loaded pipelines, one lock for the device),
+:mod:`~codeformer.webapp.worker` (the handlers run in a child process, so the server answers), one module per tab,
 :mod:`~codeformer.webapp.page` (what the tabs share) and :mod:`~codeformer.webapp.app` (assembly, serving).
 """
 
@@ -33,13 +34,17 @@ from codeformer.webapp.handlers import (  # noqa: E402
     restore_uploads,
     restore_video_upload,
 )
-from codeformer.webapp.requests import PageRequest, page_request, phrase, restoration_models, supports_fidelity  # noqa: E402
+from codeformer.webapp.requests import PageRequest, PhrasedError, page_request, phrase, restoration_models, supports_fidelity  # noqa: E402
+from codeformer.webapp.worker import HandlerRunner, RestorationProcess  # noqa: E402
 
 __all__ = [
     "PREVIEW_MAX_SIDE",
+    "HandlerRunner",
     "PageRequest",
+    "PhrasedError",
     "PictureOutcome",
     "PipelineCache",
+    "RestorationProcess",
     "RunningApp",
     "VideoOutcome",
     "build_app",

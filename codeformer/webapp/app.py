@@ -25,6 +25,7 @@ from codeformer.imageio import DEFAULT_MAX_PIXELS
 from codeformer.options import LoadOptions
 from codeformer.webapp import colorize_tab, inpaint_tab, restore_tab, video_tab
 from codeformer.webapp.cache import PipelineCache
+from codeformer.webapp.worker import HandlerRunner, RestorationProcess
 from codeformer.webapp.handlers import OutputFolders
 from codeformer.webapp.page import TabContext, sample_pictures
 
@@ -50,10 +51,11 @@ document.addEventListener("keydown", (event) => {
 """
 
 
-def build_app(cache: PipelineCache, *, output_root: str | os.PathLike[str],
+def build_app(runner: HandlerRunner, *, output_root: str | os.PathLike[str],
               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> gr.Blocks:
-    """The app's page: one tab per task; ``output_root`` holds the files of recent requests."""
-    context = TabContext(cache, OutputFolders(Path(output_root)), max_pixels)
+    """The app's page: one tab per task, their work done by ``runner`` (a :class:`PipelineCache` in this
+    process, or a :class:`RestorationProcess`); ``output_root`` holds the files of recent requests."""
+    context = TabContext(runner, OutputFolders(Path(output_root)), max_pixels)
     with gr.Blocks(title="CodeFormer", analytics_enabled=False, delete_cache=GRADIO_CACHE_CLEANUP) as app:
         gr.Markdown("## CodeFormer face restoration\nRuns on this computer: your pictures are not sent anywhere.")
         with gr.Tabs():
@@ -74,9 +76,11 @@ class RunningApp:
     local_url: str
     share_url: str | None
     output_root: Path
+    runner: HandlerRunner
 
     def close(self) -> None:
         self.app.close(verbose=False)
+        self.runner.close()
         shutil.rmtree(self.output_root, ignore_errors=True)
 
     def serve_forever(self) -> None:
@@ -104,12 +108,12 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(probe.getsockname()[1])
 
 
-def serve(cache: PipelineCache, *, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False,
+def serve(runner: HandlerRunner, *, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False,
           max_pixels: int | None = DEFAULT_MAX_PIXELS) -> RunningApp:
-    """Build the app on ``cache`` and start serving it in the background; see :class:`RunningApp`."""
+    """Build the app on ``runner`` and start serving it in the background; see :class:`RunningApp`."""
     output_root = Path(tempfile.mkdtemp(prefix="codeformer-web-"))
     try:
-        app = build_app(cache, output_root=output_root, max_pixels=max_pixels)
+        app = build_app(runner, output_root=output_root, max_pixels=max_pixels)
         _, local_url, share_url = app.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
             inbrowser=False, show_error=False, ssr_mode=False, pwa=False, mcp_server=False,
@@ -120,22 +124,29 @@ def serve(cache: PipelineCache, *, host: str = DEFAULT_HOST, port: int | None = 
         shutil.rmtree(output_root, ignore_errors=True)
         where = f"{host}:{port}" if port is not None else f"{host} (ports 7860-7959)"
         logger.debug("launch failed: %s", error)
+        runner.close()
         raise CodeFormerError(f"cannot listen on {where}: the port is taken or not allowed; choose another port") \
             from None
     except BaseException:
         shutil.rmtree(output_root, ignore_errors=True)
+        runner.close()
         raise
-    return RunningApp(app, local_url, share_url, output_root)
+    return RunningApp(app, local_url, share_url, output_root, runner)
 
 
 
 def launch_app(*, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False, device: str = "auto",
                precision: str = "fp32", weights_dir: str | os.PathLike[str] | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> RunningApp:
-    """Serve the app with the real networks (loaded on first use). A bad device or precision fails here."""
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, in_process: bool = False) -> RunningApp:
+    """Serve the app with the real networks (loaded on first use). A bad device or precision fails here.
+
+    The networks run in a child process (:class:`RestorationProcess`), so the page, uploads and the
+    queue answer while they work; ``in_process``: in the server's own process instead (debugging).
+    """
     from codeformer.device import resolve_device
     from codeformer.precision import resolve_precision
 
     base = LoadOptions(device=device, precision=precision, weights_dir=weights_dir)
     resolve_precision(base.precision, resolve_device(base.device))
-    return serve(PipelineCache(base=base), host=host, port=port, share=share, max_pixels=max_pixels)
+    runner: HandlerRunner = PipelineCache(base=base) if in_process else RestorationProcess(base=base)
+    return serve(runner, host=host, port=port, share=share, max_pixels=max_pixels)

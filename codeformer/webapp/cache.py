@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from codeformer.errors import OptionError
 from codeformer.options import LoadOptions
@@ -15,7 +15,7 @@ from codeformer.options import LoadOptions
 if TYPE_CHECKING:
     from codeformer.pipeline import Pipeline
 
-__all__ = ["DEFAULT_CACHE_SIZE", "PipelineCache", "PipelineFactory"]
+__all__ = ["DEFAULT_CACHE_SIZE", "PipelineCache", "PipelineFactory", "load_real_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ DEFAULT_CACHE_SIZE = 3
 PipelineFactory = Callable[[LoadOptions], "Pipeline"]
 
 
-def _load_pipeline(options: LoadOptions) -> Pipeline:
+def load_real_pipeline(options: LoadOptions) -> Pipeline:
+    """The default factory: :func:`codeformer.load_pipeline` (the registry's networks from the weights folder)."""
     from codeformer.pipeline import load_pipeline
 
     return load_pipeline(options)
@@ -40,7 +41,7 @@ class PipelineCache:
     or a test's function that builds small random ones.
     """
 
-    def __init__(self, factory: PipelineFactory = _load_pipeline, *, base: LoadOptions | None = None,
+    def __init__(self, factory: PipelineFactory = load_real_pipeline, *, base: LoadOptions | None = None,
                  capacity: int = DEFAULT_CACHE_SIZE) -> None:
         if capacity < 1:
             raise OptionError("capacity", capacity, "must be at least 1")
@@ -51,6 +52,13 @@ class PipelineCache:
         # Re-entrant: a handler holding it may ask for a second pipeline.
         self.lock = threading.RLock()
         self.loads = 0  # how many times the factory ran (tests check reuse)
+
+    def run(self, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``handler(self, *args, **kwargs)`` in this process (see :class:`~codeformer.webapp.worker.HandlerRunner`)."""
+        return handler(self, *args, **kwargs)
+
+    def close(self) -> None:
+        """Nothing to stop: the pipelines go with the cache."""
 
     def loaded(self) -> tuple[LoadOptions, ...]:
         with self.lock:

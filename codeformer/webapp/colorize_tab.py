@@ -26,8 +26,8 @@ def build(context: TabContext) -> None:
 
     @shown_in_page
     def on_colorize(uploads: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
-        outcome = colorize_uploads(context.cache, file_paths(uploads), context.folders.new(),
-                                   max_pixels=context.max_pixels, progress=progress_of(progress))
+        outcome = context.runner.run(colorize_uploads, file_paths(uploads), context.folders.new(),
+                                     max_pixels=context.max_pixels, progress=progress_of(progress))
         show_notes(outcome.notes)
         return colorized.values(outcome)
 

@@ -39,12 +39,12 @@ def build(context: TabContext) -> None:
     def on_inpaint(edited: Any, uploads: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
         paths = file_paths(uploads)
         if paths:
-            outcome = inpaint_uploads(context.cache, paths, context.folders.new(), max_pixels=context.max_pixels,
-                                      progress=progress_of(progress))
+            outcome = context.runner.run(inpaint_uploads, paths, context.folders.new(),
+                                         max_pixels=context.max_pixels, progress=progress_of(progress))
         else:
             composite = edited.get("composite") if isinstance(edited, dict) else None
-            outcome = inpaint_painted(context.cache, composite, context.folders.new(), max_pixels=context.max_pixels,
-                                      progress=progress_of(progress))
+            outcome = context.runner.run(inpaint_painted, composite, context.folders.new(),
+                                         max_pixels=context.max_pixels, progress=progress_of(progress))
         show_notes(outcome.notes)
         return inpainted.values(outcome)
 

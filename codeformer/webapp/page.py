@@ -1,6 +1,6 @@
 """What every tab of the page shares: the output panel, errors as one line in the page, progress, uploads.
 
-:class:`TabContext` is what a tab module's ``build`` gets: the pipeline cache, the folders for
+:class:`TabContext` is what a tab module's ``build`` gets: what runs the handlers, the folders for
 request files, the pixel limit and the one queue slot every event that runs networks shares.
 """
 
@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 import gradio as gr
 
 from codeformer.errors import CodeFormerError
-from codeformer.webapp.cache import PipelineCache
 from codeformer.webapp.handlers import OutputFolders, PictureOutcome, ProgressFn
 from codeformer.webapp.requests import phrase
+from codeformer.webapp.worker import HandlerRunner
 
 __all__ = ["DEVICE_SLOT", "UPLOAD_HEIGHT", "PictureOutputs", "TabContext", "file_paths", "picture_outputs",
            "progress_of", "sample_pictures", "show_notes", "shown_in_page"]
@@ -36,7 +36,7 @@ DEVICE_SLOT = "serialised"  # the queue slot every event that runs networks shar
 class TabContext:
     """What the tabs' events need."""
 
-    cache: PipelineCache
+    runner: HandlerRunner  # a PipelineCache (this process) or a RestorationProcess (a child process)
     folders: OutputFolders
     max_pixels: int | None
 

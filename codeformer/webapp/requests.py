@@ -26,7 +26,7 @@ from codeformer.registry import (
 )
 from codeformer.weights import MissingWeightsError
 
-__all__ = ["MAX_UPSCALE", "PageRequest", "page_request", "phrase", "restoration_models", "supports_fidelity"]
+__all__ = ["MAX_UPSCALE", "PageRequest", "PhrasedError", "page_request", "phrase", "restoration_models", "supports_fidelity"]
 
 MAX_UPSCALE = 4
 # The page's names for the library options an OptionError can name.
@@ -116,8 +116,14 @@ def aligned_request(base: LoadOptions, model: str, *, max_pixels: int | None = D
     return PageRequest(replace(base, model=model, detector=None), RestoreOptions(max_pixels=max_pixels), True)
 
 
+class PhrasedError(CodeFormerError):
+    """A failure already worded as the page shows it (by the restoration process), possibly several lines."""
+
+
 def phrase(error: CodeFormerError) -> str:
     """A library error as the page says it: options by their labels, the pixel limit by its flag."""
+    if isinstance(error, PhrasedError):
+        return str(error)
     if isinstance(error, PixelLimitError):
         return error.phrased(PIXEL_LIMIT_OPTION)
     if isinstance(error, MissingWeightsError):

@@ -75,7 +75,7 @@ def build(context: TabContext) -> None:
         asked = dict(zip(names, values))
         paths = file_paths(asked["reference_face"])
         asked["reference_face"] = paths[0] if paths else None
-        return page_request(context.cache.base, **asked, max_pixels=context.max_pixels)
+        return page_request(context.runner.base, **asked, max_pixels=context.max_pixels)
 
     @shown_in_page
     def on_restore(uploads: Any, fidelity_weight: float, upscale_: float, aligned: bool, bg: bool, face_up: bool,
@@ -84,8 +84,8 @@ def build(context: TabContext) -> None:
                    progress: gr.Progress = gr.Progress()) -> list[Any]:
         asked = request(fidelity_weight, upscale_, aligned, bg, face_up, detector_, model_, only_center, box, gray,
                         largest_, numbers_, min_size_, blend_, reference_)
-        outcome = restore_uploads(context.cache, file_paths(uploads), asked, context.folders.new(),
-                                  progress=progress_of(progress))
+        outcome = context.runner.run(restore_uploads, file_paths(uploads), asked, context.folders.new(),
+                                     progress=progress_of(progress))
         show_notes(outcome.notes)
         return restored.values(outcome)
 
@@ -109,7 +109,7 @@ def build(context: TabContext) -> None:
                         only_center_face, draw_box, grayscale, largest_face, face_index, min_face_size, blend,
                         reference_face)
         paths = file_paths(picture)
-        return str(restore_api(context.cache, paths[0] if paths else None, asked, context.folders.new()))
+        return str(context.runner.run(restore_api, paths[0] if paths else None, asked, context.folders.new()))
 
     api_trigger.click(restore, inputs=[api_picture, *option_inputs], outputs=api_result, api_name="restore",
                       concurrency_id=DEVICE_SLOT, concurrency_limit=1)

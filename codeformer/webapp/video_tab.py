@@ -42,12 +42,12 @@ def build(context: TabContext) -> None:
     @shown_in_page
     def on_video(upload: Any, fidelity_weight: float, upscale_: float, blend_: float, bg: bool, face_up: bool,
                  detector_: str, only_center: bool, progress: gr.Progress = gr.Progress()) -> list[Any]:
-        asked = page_request(context.cache.base, fidelity_weight=fidelity_weight, upscale=upscale_, blend=blend_,
+        asked = page_request(context.runner.base, fidelity_weight=fidelity_weight, upscale=upscale_, blend=blend_,
                              background_enhance=bg, face_upsample=face_up, detector=detector_,
                              only_center_face=only_center, max_pixels=context.max_pixels)
         paths = file_paths(upload)
-        outcome = restore_video_upload(context.cache, paths[0] if paths else None, asked, context.folders.new(),
-                                       progress=progress_of(progress))
+        outcome = context.runner.run(restore_video_upload, paths[0] if paths else None, asked,
+                                     context.folders.new(), progress=progress_of(progress))
         return [outcome.message, str(outcome.path)]
 
     button.click(on_video, inputs=[video_file, fidelity, upscale, blend, background, face_upsample, detector, center],

@@ -14,6 +14,7 @@ failure, and writes ``ray_report.jsonl``.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from codeformer.jobs.layout import FINAL_FOLDER, final_picture_name, output_stems, picture_outputs, with_suffix_name
 from codeformer.jobs.loop import BatchReport, describe_failure
+from codeformer.jobs.report import FaceReport, face_entries
 from codeformer.jobs.ray.ledger import Ledger
 from codeformer.jobs.ray.recipe import build_on_worker
 from codeformer.jobs.ray.session import Workers, plan_workers, run_dataset
@@ -58,6 +60,7 @@ class PictureJob:
     suffix: str | None
     threads: int  # torch threads of a CPU worker
     describe: Callable[[BaseException], str]  # words a failure in one line (the CLI names its flags)
+    report: bool = False  # send back each picture's face entries for report.json
 
 
 def _plan(inputs: Sequence[str], out: Folder, *, aligned: bool, suffix: str | None, extension: str | None,
@@ -113,6 +116,7 @@ class _PictureWorker:
         job = self._job
         indices = [int(index) for index in row["items"]]
         outcome: dict[int, tuple[str, str, int]] = {}  # index -> (status, error line, faces)
+        entries: dict[int, str] = {}  # index -> its face entries (JSON) for report.json
 
         def fail(index: int, error: BaseException) -> None:
             outcome[index] = ("failed", _failure_line(job.items[index].location, job.describe(error)), 0)
@@ -133,11 +137,12 @@ class _PictureWorker:
             for index, _ in loaded:
                 fail(index, error)
             restored = []
-        for index, files, faces in restored:
+        for index, files, faces, faces_report in restored:
             try:
                 for relative, image in files:  # the final result last
                     job.out.write_bytes(relative, encode_image(relative, image))
                 outcome[index] = ("done", "", faces)
+                entries[index] = faces_report
             except Exception as error:  # noqa: BLE001
                 fail(index, error)
         return {
@@ -145,10 +150,12 @@ class _PictureWorker:
             "status": [outcome[index][0] for index in indices],
             "error": [outcome[index][1] for index in indices],
             "faces": [outcome[index][2] for index in indices],
+            "entries": [entries.get(index, "") for index in indices],
         }
 
-    def _restore(self, loaded: list[tuple[int, Picture]]) -> list[tuple[int, list[tuple[str, np.ndarray]], int]]:
-        """(input index, its output files relative to the output folder, its face count) for each loaded picture."""
+    def _restore(self, loaded: list[tuple[int, Picture]]) -> list[tuple[int, list[tuple[str, np.ndarray]], int, str]]:
+        """(input index, its output files relative to the output folder, its face count, its report entries as
+        JSON or "") for each loaded picture."""
         from codeformer.jobs.local import restore_aligned_images
 
         job = self._job
@@ -156,14 +163,16 @@ class _PictureWorker:
         if job.aligned:
             names = [split_location(job.items[index].location)[1] for index, _ in loaded]
             images = restore_aligned_images(self._pipeline, pictures, names, self._options)
-            return [(index, [(job.items[index].output, image)], 1) for (index, _), image in zip(loaded, images)]
+            return [(index, [(job.items[index].output, image)], 1, "") for (index, _), image in zip(loaded, images)]
         restored = []
         for index, picture in loaded:
             # One picture per call, as on one machine: the faces of a picture are batched together.
             result = self._pipeline.restore_pictures([picture], self._options)[0]
             item = job.items[index]
             final_name = item.output.rpartition("/")[2]
-            restored.append((index, picture_outputs(item.stem, job.suffix, final_name, result), len(result.faces)))
+            entries = json.dumps(face_entries(result)) if job.report else ""
+            restored.append((index, picture_outputs(item.stem, job.suffix, final_name, result), len(result.faces),
+                             entries))
         return restored
 
 
@@ -196,6 +205,7 @@ def restore_pictures_on_ray(
     progress: bool = True,
     desc: str = "restoring",
     describe: Callable[[BaseException], str] = describe_failure,
+    report_faces: bool = False,
 ) -> BatchReport:
     """Restore pictures (paths or fsspec URLs) on the Ray instance this process is connected to.
 
@@ -204,8 +214,10 @@ def restore_pictures_on_ray(
     whose final result is there. ``report_to``: the folder for ``ray_report.jsonl`` (default ``out``),
     which also lists ``not_read`` (folder entries that are not pictures, with why). ``workers``:
     the actor pool (default :func:`~codeformer.jobs.ray.session.plan_workers` for the source's device).
-    A failed input is one logged line and counts in the returned report; Ctrl-C stops the job (the
-    report is still written) and is raised.
+    ``report_faces``: whole pictures' faces go into ``report.json`` in ``report_to`` too, in input
+    order, as the single-machine run writes it (entries of earlier runs kept). A failed input is one
+    logged line and counts in the returned report; Ctrl-C stops the job (the reports are still
+    written) and is raised.
     """
     out_folder = Folder(out)
     if workers is None and aligned:
@@ -221,22 +233,27 @@ def restore_pictures_on_ray(
     for index in done:
         ledger.add(items[index].location, "skipped")
     report = BatchReport(skipped=len(done))
+    entries: dict[int, list[dict[str, Any]]] = {}  # input index -> its face entries (report_faces)
     if done:
         logger.info("%d of %d inputs already have their result in %s: skipped", len(done), len(items), out)
     try:
         if chunks:
             workers = workers or plan_workers(device=source.device)
             logger.info("running on Ray: %s for %d inputs", workers.describe(), sum(map(len, chunks)))
-            job = PictureJob(source, tuple(items), out_folder, aligned, suffix, workers.cpus, describe)
+            job = PictureJob(source, tuple(items), out_folder, aligned, suffix, workers.cpus, describe,
+                             report=report_faces and not aligned)
             rows = [{"items": chunk} for chunk in chunks]
             with Progress(total=len(items), initial=len(done), desc=desc, unit="image" if not aligned else "face",
                           enabled=progress) as bar:
 
                 def on_row(row: Mapping[str, Any]) -> None:
-                    for index, status, error, faces in zip(row["items"], row["status"], row["error"], row["faces"]):
+                    for index, status, error, faces, faces_report in zip(row["items"], row["status"], row["error"],
+                                                                         row["faces"], row["entries"]):
                         item = items[int(index)]
                         if status == "done":
                             report.done += 1
+                            if faces_report:
+                                entries[int(index)] = json.loads(faces_report)
                             ledger.add(item.location, "done")
                             if not aligned:
                                 logger.info("%s: %d face%s", split_location(item.location)[1], faces,
@@ -251,4 +268,10 @@ def restore_pictures_on_ray(
                 run_dataset(rows, _PictureWorker, job, workers, on_row, read=_read_chunk)
     finally:
         ledger.write(Folder(report_to or out))
+        if report_faces and not aligned:
+            faces_report = FaceReport.in_folder(Folder(report_to or out), keep_existing=True)
+            for index in sorted(entries):
+                faces_report.add_picture_entries(split_location(items[index].location)[1], entries[index],
+                                                 write=False)
+            faces_report.write()
     return report

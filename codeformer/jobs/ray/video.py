@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import logging
 import secrets
 import tempfile
@@ -30,11 +31,13 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from codeformer._atomic import atomic_path, temporary_sibling
-from codeformer.jobs.layout import with_suffix_name
+from codeformer.imageio import encode_image
+from codeformer.jobs.layout import frame_outputs, with_suffix_name
 from codeformer.jobs.loop import describe_failure
 from codeformer.jobs.ray.ledger import Ledger
 from codeformer.jobs.ray.recipe import build_on_worker
 from codeformer.jobs.ray.session import Workers, plan_workers, run_dataset
+from codeformer.jobs.report import FaceReport, frame_entry
 from codeformer.jobs.storage import Folder, split_location
 from codeformer.progress import Progress
 from codeformer.errors import CodeFormerError
@@ -56,6 +59,7 @@ from codeformer.video.stages import (
 if TYPE_CHECKING:
     from codeformer.jobs.ray.recipe import PipelineSource
     from codeformer.pipeline import Pipeline
+    from codeformer.restoration import RestoreResult
 
 __all__ = ["DEFAULT_OVERLAP", "FrameIndex", "Segment", "index_frames", "plan_segments", "restore_video_on_ray"]
 
@@ -196,11 +200,14 @@ def restore_segment(
     segment: Segment,
     dst: Path,
     video: VideoOptions | None = None,
+    on_frame: Callable[[int, RestoreResult], None] | None = None,
 ) -> int:
     """Restore one segment of ``src`` into the video file ``dst`` (no audio); returns the frames written.
 
     Decoding and restoring run in this thread (through the pipeline's frame processor, as
     :meth:`Pipeline.restore_video`), encoding in another (the single-machine encoder stage).
+    ``on_frame(index, result)`` sees the result of each frame the segment encodes (not its context
+    frames), ``index`` counted from the video's first frame, as in :meth:`Pipeline.restore_video`.
     """
     video = video or VideoOptions()
     source = inspect_source(src)
@@ -211,7 +218,13 @@ def restore_segment(
         make_settings=lambda width, height: encoder_settings(codec, video.crf, video.preset, width, height, timing.rate),
         timing=timing, colorspace=source.colorspace,
     )
-    processor = pipeline.frame_processor(options, temporal_smoothing=video.temporal_smoothing)
+
+    def seen(local: int, result: RestoreResult) -> None:
+        index = segment.context_start + local
+        if on_frame is not None and segment.start <= index < segment.end:
+            on_frame(index, result)
+
+    processor = pipeline.frame_processor(options, temporal_smoothing=video.temporal_smoothing, on_frame=seen)
     frames_per_step = pipeline.frames_per_step
     pending: deque[_Timed] = deque()  # frames handed to the processor whose result has not come back
     with FrameEncoder(job, queue_size=_QUEUE_FRAMES) as encoder:
@@ -247,6 +260,9 @@ class VideoJob:
     settings: VideoOptions
     threads: int
     describe: Callable[[BaseException], str]
+    suffix: str | None = None
+    report: bool = False  # send back each kept frame's face entries for report.json
+    save_frames: bool = False  # write each kept frame's faces and picture, as the single-machine run
 
 
 class _SegmentWorker:
@@ -261,6 +277,15 @@ class _SegmentWorker:
         number = int(row["segment"])
         segment, name = job.segments[number], job.segment_names[number]
         started = time.perf_counter()
+        frames_report: list[dict[str, Any]] = []
+
+        def on_frame(index: int, result: RestoreResult) -> None:
+            if job.report:
+                frames_report.append(frame_entry(index, result))
+            if job.save_frames:
+                for relative, image in frame_outputs(index, job.suffix, result):
+                    job.out.write_bytes(relative, encode_image(relative, image))
+
         try:
             folder, file = split_location(job.video)
             with folder.local_copy(file) as src, contextlib.ExitStack() as stack:
@@ -268,12 +293,14 @@ class _SegmentWorker:
                     dst = Path(job.out.child(name))
                 else:
                     dst = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codeformer-"))) / name
-                frames = restore_segment(self._pipeline, self._options, src, segment, dst, job.settings)
+                frames = restore_segment(self._pipeline, self._options, src, segment, dst, job.settings,
+                                         on_frame=on_frame if job.report or job.save_frames else None)
                 if not job.out.is_local:
                     job.out.put_file(dst, name)
         except Exception as error:  # noqa: BLE001 - the driver reports it as the video's failure
-            return {"segment": number, "frames": 0, "seconds": 0.0, "error": job.describe(error)}
-        return {"segment": number, "frames": frames, "seconds": time.perf_counter() - started, "error": ""}
+            return {"segment": number, "frames": 0, "seconds": 0.0, "error": job.describe(error), "entries": ""}
+        return {"segment": number, "frames": frames, "seconds": time.perf_counter() - started, "error": "",
+                "entries": json.dumps(frames_report) if job.report else ""}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -334,13 +361,17 @@ def restore_video_on_ray(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = True,
     describe: Callable[[BaseException], str] = describe_failure,
+    report_faces: bool = False,
+    save_frames: bool = False,
 ) -> str | None:
     """Restore one video (path or URL) into ``<out>/<name>[_<suffix>].mp4`` on the connected Ray instance.
 
     ``segments``: how many pieces to cut it into (default: one per worker; fewer when the video has
     fewer keyframes); ``settings``: smoothing, frame rate and H.264 settings (the defaults of
     :class:`~codeformer.options.VideoOptions`). Returns the output's location, or None when it already exists (resumed).
-    Writes ``<out>/ray_report.jsonl``. Any failure is one :class:`CodeFormerError`; nothing is left
+    Writes ``<out>/ray_report.jsonl``; ``report_faces``: the video's faces frame by frame into
+    ``<out>/report.json`` too (entries of earlier runs kept); ``save_frames``: each frame's faces and
+    picture as the single-machine run writes them. Any failure is one :class:`CodeFormerError`; nothing is left
     under the output's name, and the segment files are removed, however the job ends.
     """
     settings = settings or VideoOptions()
@@ -371,12 +402,15 @@ def restore_video_on_ray(
             names = [f".{name}.{token}.segment{segment.number:03d}.mp4" for segment in plan]
             logger.info("%s: %d frames in %d segment%s on %s", input_name, len(index.pts), len(plan),
                         "" if len(plan) == 1 else "s", workers.describe())
-            job = VideoJob(source, video, out_folder, tuple(plan), tuple(names), settings, workers.cpus, describe)
-            frames = _run_segments(job, workers, input_name, progress)
+            job = VideoJob(source, video, out_folder, tuple(plan), tuple(names), settings, workers.cpus, describe,
+                           suffix=suffix, report=report_faces, save_frames=save_frames)
+            frames, frames_report = _run_segments(job, workers, input_name, progress)
             if frames != len(index.pts):
                 logger.warning("%s: %d frames restored of the %d its packets list", input_name, frames,
                                len(index.pts))
             _finish(out_folder, name, names, probe)
+            if report_faces:
+                FaceReport.in_folder(out_folder, keep_existing=True).add_video(input_name, frames_report)
         ledger.add(video, "done", frames=frames, segments=len(plan))
         return out_folder.child(name)
     except CodeFormerError as error:
@@ -388,10 +422,13 @@ def restore_video_on_ray(
         ledger.write(out_folder)
 
 
-def _run_segments(job: VideoJob, workers: Workers, label: str, progress: bool) -> int:
-    """Every segment through the actor pool; the frames written, or the first segment's failure raised."""
+def _run_segments(job: VideoJob, workers: Workers, label: str,
+                  progress: bool) -> tuple[int, list[dict[str, Any]]]:
+    """Every segment through the actor pool; the frames written and their report entries in frame order,
+    or the first segment's failure raised."""
     errors: list[str] = []
     frames = 0
+    entries: dict[int, list[dict[str, Any]]] = {}  # segment -> its frames' report entries
     with Progress(total=len(job.segments), desc=label, unit="segment", enabled=progress) as bar:
 
         def on_row(row: Mapping[str, Any]) -> None:
@@ -400,13 +437,15 @@ def _run_segments(job: VideoJob, workers: Workers, label: str, progress: bool) -
                 errors.append(str(row["error"]))
             else:
                 frames += int(row["frames"])
+                if row["entries"]:
+                    entries[int(row["segment"])] = json.loads(row["entries"])
                 logger.debug("segment %d: %d frames in %.1f s", row["segment"], row["frames"], row["seconds"])
             bar.update(1, f"segment {row['segment']}")
 
         run_dataset([{"segment": segment.number} for segment in job.segments], _SegmentWorker, job, workers, on_row)
     if errors:
         raise CodeFormerError(errors[0])
-    return frames
+    return frames, [frame for number in sorted(entries) for frame in entries[number]]
 
 
 def _finish(out_folder: Folder, name: str, segment_names: Sequence[str], probe: Source) -> None:
