@@ -172,8 +172,8 @@ def configure_cpu_runtime(*, flush_denormal: bool = True, reuse_memory: bool = T
       or activations otherwise take a slow microcode path on x86.
     - ``reuse_memory`` (glibc only): freed large blocks stay in the heap (``mallopt`` mmap and trim
       thresholds at 2 GiB) so that the next layer or face reuses them instead of faulting in fresh
-      zeroed pages, which costs about as much as the convolutions: a 512x512 face takes about
-      1.7 s instead of 2.7 s in fp32 and 1.25 s instead of 1.9 s in bf16 on two cores. The price is
+      zeroed pages, which can cost about as much as the convolutions themselves
+      (``benchmarks/bench_restore.py`` measures both). The price is
       a higher peak resident memory (about +1 GB for a batch of 4 faces): blocks of one size cannot
       serve larger requests, and nothing goes back to the system until the process ends. Threads
       started afterwards allocate from the same heap (one malloc arena): glibc builds a thread's

@@ -20,10 +20,12 @@ module asking for the same (variant, seed) gets the same file.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pytest
 import torch
@@ -123,8 +125,23 @@ def write_vqgan_checkpoint(path: str | Path, seed: int = 0) -> Path:
     return _save(random_state_dict(net, seed), path)
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of the test run shared by its processes: under pytest-xdist each worker has its own base
+    folder inside the run's."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "checkpoints"
+    return shared_dir(tmp_path_factory, "checkpoints")
+
+
+def written_once(path: Path, write: Callable[[Path], Path]) -> Path:
+    """``path``, written by ``write`` unless there: one writer at a time (xdist workers share the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return path if path.is_file() else write(path)
 
 
 def cached_codeformer_checkpoint(
@@ -132,10 +149,10 @@ def cached_codeformer_checkpoint(
 ) -> Path:
     """The session's random ``variant`` checkpoint, written on first request (named like the official file)."""
     path = _cache_dir(tmp_path_factory) / f"seed{seed}" / OFFICIAL_NAMES[variant]
-    return path if path.is_file() else write_codeformer_checkpoint(path, variant, seed)
+    return written_once(path, lambda target: write_codeformer_checkpoint(target, variant, seed))
 
 
 def cached_vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory, seed: int = 0) -> Path:
     """The session's random VQGAN checkpoint, written on first request."""
     path = _cache_dir(tmp_path_factory) / f"seed{seed}" / "vqgan_code1024.pth"
-    return path if path.is_file() else write_vqgan_checkpoint(path, seed)
+    return written_once(path, lambda target: write_vqgan_checkpoint(target, seed))

@@ -30,6 +30,19 @@ def _link(source: Path, destination: Path) -> None:
             destination.symlink_to(source)
 
 
+# The modules that take longest, in that order, run first: pytest-xdist (the suite's workers, see
+# pytest.ini) hands out whole modules in collection order, so the short ones fill the gaps at the end
+# instead of one worker finishing a long module alone.
+_LONGEST_MODULES = ("test_ray.py", "test_cli_aligned.py", "test_cli_whole.py", "test_temporal.py", "test_webapp.py",
+                    "test_precision.py", "test_cli_hostile.py", "test_onnx_export.py", "test_spandrel_restorer.py",
+                    "test_onnx_models.py", "test_independent_codeformer.py", "test_selection.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(_LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
+
+
 @pytest.fixture(scope="session")
 def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty weights root; the fixtures below put random files in it on demand."""
@@ -157,22 +170,40 @@ def _tuned_runtime() -> None:
     from codeformer.precision import configure_cpu_runtime
 
     configure_cpu_runtime()
+    # pytest-xdist runs the suite in several processes: share the cores between them rather than have
+    # each one's thread pool fight the others' for every core.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _share_detections_and_pipelines() -> None:
+def _share_detections_and_pipelines(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import pickle
     from collections import OrderedDict
 
+    from checkpoint_factory import shared_dir, written_once
+    from codeformer._atomic import atomic_path
     from codeformer.face import dlib_detector
     from codeformer.jobs import run
 
     detect = dlib_detector.DlibDetector.detect
-    detections: dict[tuple, list] = {}
+    detections: dict[str, list] = {}
+    # On disk too, so that the suite's worker processes (pytest-xdist) detect each picture once between them.
+    on_disk = shared_dir(tmp_path_factory, "dlib_detections")
+
+    def detect_to_file(detector, image: np.ndarray, path: Path) -> Path:
+        faces = detect(detector, image)
+        with atomic_path(path) as temporary:
+            Path(temporary).write_bytes(pickle.dumps(faces))
+        return path
 
     def remembered_detect(self, image: np.ndarray) -> list:
-        key = (image.shape, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest(), self._upsample_times)
+        digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+        key = f"{'x'.join(map(str, image.shape))}_{image.dtype}_{digest}_{self._upsample_times}"
         if key not in detections:
-            detections[key] = detect(self, image)
+            path = written_once(on_disk / f"{key}.pickle", lambda target: detect_to_file(self, image, target))
+            detections[key] = pickle.loads(path.read_bytes())
         return list(detections[key])
 
     load = run._load

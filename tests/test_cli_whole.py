@@ -44,6 +44,11 @@ def _save(path: Path, image: np.ndarray) -> Path:
     return path
 
 
+def _deep(bgr8: np.ndarray) -> np.ndarray:
+    """16 bits that 8 bits cannot hold; rounded to 8 bits it is ``bgr8`` again (so dlib's detections are shared)."""
+    return np.minimum(bgr8.astype(np.uint32) * 257 + 3, 65535).astype(np.uint16)
+
+
 def _sideways_jpeg(path: Path, upright_bgr: np.ndarray) -> Path:
     """A JPEG stored rotated 90 degrees counter-clockwise, tagged EXIF orientation 6 (turn clockwise)."""
     stored = np.rot90(upright_bgr[:, :, ::-1])  # RGB, counter-clockwise
@@ -60,12 +65,14 @@ def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.n
     """Every kind of picture a folder can hold; four have the astronaut's face, one has none, one is broken."""
     folder = tmp_path_factory.mktemp("pictures")
     _save(folder / "rgba.png", np.dstack([astronaut_bgr, np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512)]))
-    _save(folder / "deep.png", astronaut_bgr.astype(np.uint16) * 257 + 3)  # 16 bits that 8 bits cannot hold
+    _save(folder / "deep.png", _deep(astronaut_bgr))
     _sideways_jpeg(folder / "sideways.jpg", astronaut_bgr)
     # Gray, another size, and a name in another script, in one picture.
     gray = cv2.cvtColor(cv2.resize(astronaut_bgr, (400, 400), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
     _save(folder / "照片.png", gray)
-    _save(folder / "blank.png", np.full((300, 200, 3), 120, np.uint8))
+    # Not square, short side 512: the reference's detection scales smaller pictures up to that (dlib's time grows
+    # with the pixels it sees).
+    _save(folder / "blank.png", np.full((512, 640, 3), 120, np.uint8))
     (folder / "truncated.png").write_bytes(_save(folder / "tmp.png", astronaut_bgr).read_bytes()[:5000])
     (folder / "tmp.png").unlink()
     return folder
@@ -95,7 +102,7 @@ def test_output_is_input_size_times_s(folder_run) -> None:
     _, out, _ = folder_run
     sizes = {p.name: read_image(p).bgr.shape[:2] for p in (out / "final_results").iterdir()}
     assert sizes["rgba.png"] == (1024, 1024) and sizes["照片.png"] == (800, 800)
-    assert sizes["blank.png"] == (600, 400)  # no face: just the upscaled picture
+    assert sizes["blank.png"] == (1024, 1280)  # no face: just the upscaled picture
 
 
 def test_rgba_keeps_alpha(folder_run) -> None:
@@ -111,7 +118,7 @@ def test_16bit_stays_16bit_and_background_is_exact(folder_run, astronaut_bgr: np
     _, out, _ = folder_run
     final = read_image(out / "final_results" / "deep.png").bgr
     assert final.dtype == np.uint16
-    background = cv2.resize(astronaut_bgr.astype(np.uint16) * 257 + 3, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    background = cv2.resize(_deep(astronaut_bgr), (1024, 1024), interpolation=cv2.INTER_LINEAR)
     assert np.array_equal(_outside(final, 2), _outside(background, 2))
     region = _face_region(2)
     assert np.abs(final[region].astype(int) - background[region].astype(int)).mean() > 257  # face replaced

@@ -19,8 +19,9 @@ from codeformer.restorer import FaceRestorer, crops_to_batch
 
 extra = pytest.importorskip("spandrel_extra_arches.architectures.CodeFormer")
 
-# Images in [-1, 1]: float32 rounding through ~100 layers with random weights stays far below this.
-IMAGE_TOLERANCE = 1e-3
+# Images in [-1, 1]: float32 rounding through ~100 layers with random weights (measured 0.9e-3 with two
+# torch threads, 1.4e-3 with one: the summation order changes) stays below a quarter of an 8-bit level.
+IMAGE_TOLERANCE = 2e-3
 
 
 @pytest.fixture(scope="module")

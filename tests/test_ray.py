@@ -397,30 +397,14 @@ def test_video_in_two_segments_keeps_frames_timing_audio_report_and_frames(local
 # --------------------------------------------------------------------------------------- command line
 
 
-@pytest.fixture(scope="module")
-def light_weights(tmp_path_factory: pytest.TempPathFactory, restoration_weights: Path) -> Path:
-    """CodeFormer and a RetinaFace MobileNet that finds no face: the command line's cheapest whole-picture run."""
-    from codeformer.face.retinaface import build_retinaface
-
-    root = tmp_path_factory.mktemp("light_weights")
-    (root / "CodeFormer").mkdir()
-    os.link(restoration_weights / "CodeFormer" / "codeformer.pth", root / "CodeFormer" / "codeformer.pth")
-    torch.manual_seed(0)
-    state = build_retinaface("mobile0.25", torch.device("cpu")).state_dict()
-    for head in range(3):  # (background, face) logits of 2 anchors: always background
-        state[f"ClassHead.{head}.conv1x1.weight"].zero_()
-        state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
-    (root / "facelib").mkdir()
-    torch.save(state, root / "facelib" / "detection_mobilenet0.25_Final.pth")
-    return root
-
-
 def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictures: Path, tmp_path: Path,
-                                                         light_weights: Path, capfd: pytest.CaptureFixture[str]) -> None:
+                                                         small_restoration_weights: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
     """``--ray`` end to end through the command line (on this module's Ray instance, which the command joins
     and leaves running) against the plain command: the same files and exit code."""
-    common = ["-i", str(pictures), "--weights_dir", str(light_weights), "--device", "cpu", "-s", "2", "--no_parse",
-              "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "--report", "-q"]
+    # The small CodeFormer and a RetinaFace MobileNet that finds no face: the command line's cheapest whole-picture run.
+    common = ["-i", str(pictures), "--weights_dir", str(small_restoration_weights), "--device", "cpu", "-s", "2",
+              "--no_parse", "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "--report", "-q"]
     clustered = restore_main([*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--ray_workers", "1"])
     err = capfd.readouterr().err
     with one_thread():  # as the worker: its one CPU is one torch thread

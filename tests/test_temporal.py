@@ -130,8 +130,11 @@ def test_the_benchmark_clip_holds_still_and_keeps_its_face(tmp_path: Path) -> No
     from codeformer.restoration import restore_whole_pictures
     from codeformer.imageio import Picture
 
-    clip, shifts, blurred = make_clip(6, pan=0.5)
-    models = Models(AnchoredRestorer(), CachedDetector(load_detector("dlib", device="cpu")), batch_size=4)
+    clip, shifts, blurred = make_clip(8, pan=0.5)
+    # dlib without its pyramid upsampling (the benchmark keeps it): the astronaut's 80 px face is still found,
+    # the blurred frames still missed, with coarser landmarks, in a quarter of the time.
+    dlib = load_detector("dlib", device="cpu").with_upsample_times(0)
+    models = Models(AnchoredRestorer(), CachedDetector(dlib), batch_size=4)
     options = RestoreOptions(upscale=1)
     per_frame = restore_whole_pictures([Picture(frame, None, 3) for frame in clip], models, options)
     assert [i for i, result in enumerate(per_frame) if not result.faces] == blurred  # the detector misses them
@@ -139,5 +142,5 @@ def test_the_benchmark_clip_holds_still_and_keeps_its_face(tmp_path: Path) -> No
     processor = TemporalFaceRestorer(models, options, on_frame=lambda i, r: unrestored.append(i) if not r.faces else None)
     smoothed = processor.process(clip) + processor.flush()
     assert unrestored == []  # the blurred frames keep their face, filled in from the track
-    pans = np.array([[0.5 * index, 0.0] for index in range(6)])  # undo the pan, keep the shake (the jitter)
+    pans = np.array([[0.5 * index, 0.0] for index in range(len(clip))])  # undo the pan, keep the shake (the jitter)
     assert flicker(smoothed, pans, blurred) < 0.5 * flicker([r.image for r in per_frame], pans, blurred)

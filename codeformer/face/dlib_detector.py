@@ -49,6 +49,10 @@ class DlibDetector:
         self._shape_predictor = shape_predictor  # dlib.shape_predictor (5 points)
         self._upsample_times = upsample_times
 
+    def with_upsample_times(self, times: int) -> "DlibDetector":
+        """The same models with another pyramid upsampling (0: faces from about 80 px, in a quarter of the time)."""
+        return DlibDetector(self._face_detector, self._shape_predictor, upsample_times=times)
+
     @property
     def area_factor(self) -> int:
         """Pixels the CNN processes per pixel it is given: each pyramid upsampling doubles both sides."""

@@ -7,7 +7,6 @@ request files, the pixel limit and the one queue slot every event that runs netw
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +14,13 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-from codeformer.errors import CodeFormerError
 from codeformer.webapp.handlers import OutputFolders, PictureOutcome, ProgressFn
-from codeformer.webapp.requests import phrase
+from codeformer.webapp.requests import phrase_failure
 from codeformer.webapp.worker import HandlerRunner
 
 __all__ = ["DEVICE_SLOT", "UPLOAD_HEIGHT", "PictureOutputs", "TabContext", "file_paths", "picture_outputs",
            "progress_of", "sample_pictures", "show_notes", "shown_in_page"]
 
-logger = logging.getLogger(__name__)
 
 GALLERY_HEIGHT = 320  # px: a row of faces and the start of the next (it scrolls); Gradio's default leaves a gap
 UPLOAD_HEIGHT = 150  # px: the upload box; Gradio's default pushes the button below a laptop screen's fold
@@ -50,15 +47,8 @@ def shown_in_page(handler: Callable[..., Any]) -> Callable[..., Any]:
             return handler(*args, **kwargs)
         except gr.Error:
             raise
-        except CodeFormerError as error:
-            raise gr.Error(phrase(error), duration=None, print_exception=False) from None
-        except Exception as error:  # the page gets one line, the log gets the traceback
-            if out_of_memory(error):
-                raise gr.Error("out of memory: try a smaller upscale or a smaller picture", duration=None,
-                               print_exception=False) from None
-            logger.exception("web app request failed")
-            raise gr.Error(f"something went wrong ({type(error).__name__}); the app's log has the details",
-                           duration=None, print_exception=False) from None
+        except Exception as error:  # one line in the page; the log gets an unexpected one's traceback
+            raise gr.Error(phrase_failure(error), duration=None, print_exception=False) from None
 
     return wrapper
 
@@ -68,14 +58,6 @@ def sample_pictures() -> list[Path]:
     if not SAMPLES_FOLDER.is_dir():
         return []
     return sorted(path for path in SAMPLES_FOLDER.iterdir() if path.suffix.lower() in (".jpg", ".png"))
-
-
-def out_of_memory(error: BaseException) -> bool:
-    """An allocation failure: Python's, the GPU's, or torch's CPU allocator (a plain RuntimeError)."""
-    import torch
-
-    return (isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
-            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
 
 
 def progress_of(progress: gr.Progress) -> ProgressFn:

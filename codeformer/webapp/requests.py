@@ -10,6 +10,7 @@ page's label.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from codeformer.errors import CodeFormerError, OptionError
@@ -26,7 +27,10 @@ from codeformer.registry import (
 )
 from codeformer.weights import MissingWeightsError
 
-__all__ = ["MAX_UPSCALE", "PageRequest", "PhrasedError", "page_request", "phrase", "restoration_models", "supports_fidelity"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MAX_UPSCALE", "PageRequest", "PhrasedError", "out_of_memory", "page_request", "phrase", "phrase_failure",
+           "restoration_models", "supports_fidelity"]
 
 MAX_UPSCALE = 4
 # The page's names for the library options an OptionError can name.
@@ -131,3 +135,22 @@ def phrase(error: CodeFormerError) -> str:
     if isinstance(error, OptionError) and error.option in OPTION_LABELS:
         return error.phrased(OPTION_LABELS[error.option])
     return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: Python's, the GPU's, or torch's CPU allocator (a plain RuntimeError)."""
+    import torch
+
+    return (isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
+
+
+def phrase_failure(error: BaseException) -> str:
+    """What the page says of any failure, in the server's process or the restoration process: a library error
+    in the page's words, an allocation failure, or a pointer to the log (which gets the traceback)."""
+    if isinstance(error, CodeFormerError):
+        return phrase(error)
+    if out_of_memory(error):
+        return "out of memory: try a smaller upscale or a smaller picture"
+    logger.error("web app request failed", exc_info=error)
+    return f"something went wrong ({type(error).__name__}); the app's log has the details"

@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 from codeformer.errors import CodeFormerError
 from codeformer.options import LoadOptions
 from codeformer.webapp.cache import DEFAULT_CACHE_SIZE, PipelineCache, PipelineFactory, load_real_pipeline
-from codeformer.webapp.requests import PhrasedError, phrase
+from codeformer.webapp.requests import PhrasedError, phrase_failure
 
 __all__ = ["WORKER_NICENESS", "HandlerRunner", "RestorationProcess"]
 
@@ -49,18 +49,6 @@ class HandlerRunner(Protocol):
     def run(self, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
     def close(self) -> None: ...
-
-
-def _phrased(error: BaseException) -> str:
-    """What the page says of a failure (the same words as in the server's own process)."""
-    from codeformer.webapp.page import out_of_memory
-
-    if isinstance(error, CodeFormerError):
-        return phrase(error)
-    if out_of_memory(error):
-        return "out of memory: try a smaller upscale or a smaller picture"
-    logger.error("web app request failed", exc_info=error)
-    return f"something went wrong ({type(error).__name__}); the app's log has the details"
 
 
 def _end_with(parent: int) -> None:
@@ -93,7 +81,7 @@ def _serve(connection: Any, factory: PipelineFactory, base: LoadOptions, capacit
         try:
             result = handler(cache, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - every failure goes back to the page as one message
-            connection.send(("error", _phrased(error)))
+            connection.send(("error", phrase_failure(error)))
         else:
             connection.send(("done", result))
 
