@@ -27,12 +27,13 @@ from codeformer.restoration import (
     EYE_DIST_THRESHOLD,
     Models,
     RestoreResult,
+    check_picture_memory,
     plan_detected,
     restore_plans,
     working_image,
 )
 from codeformer.face.tracking import DEFAULT_MAX_GAP, DEFAULT_WINDOW, FaceTracker, TrackedFrame
-from codeformer.imageio import Picture
+from codeformer.imageio import Picture, check_output_pixels
 
 __all__ = ["TemporalFaceRestorer"]
 
@@ -68,6 +69,11 @@ class TemporalFaceRestorer:
         """Detect and track ``frames`` (BGR uint8); returns the restored frames now decided, oldest first."""
         decided: list[TrackedFrame] = []
         pictures = [Picture(frame, None, 3) for frame in frames]
+        if self._next_index == 0 and pictures:
+            # Every frame has the first one's size: refuse the video before any work, as a picture would be
+            # (plan_faces checks each picture; the tracked path plans from detections instead).
+            check_output_pixels(pictures[0].width, pictures[0].height, self._options.upscale, self._options.max_pixels)
+            check_picture_memory(pictures[0], self._models, self._options)
         worked = [working_image(picture) for picture in pictures]
         found = find_faces_in_frames([image for image, _ in worked], self._models.detector,
                                      eye_dist_threshold=EYE_DIST_THRESHOLD)

@@ -336,6 +336,18 @@ def test_at_upscale_1_the_refusal_says_how_small_to_make_the_picture(monkeypatch
         plan_faces(picture, models, options)
 
 
+def test_a_video_whose_frames_do_not_fit_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codeformer.temporal import TemporalFaceRestorer
+
+    monkeypatch.setattr(imageio, "available_memory", lambda: 3 * GIB)
+    detector = RecordingDetector()
+    frames = [np.zeros((300, 400, 3), np.uint8)] * 2
+    processor = TemporalFaceRestorer(_models(detector), RestoreOptions(upscale=80, max_pixels=None))
+    with pytest.raises(MemoryLimitError, match=r"^restoring a 400x300 picture .* at upscale 80 takes about "):
+        processor.process(frames)
+    assert detector.seen == [] and processor.held_frames == 0
+
+
 def test_what_fits_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imageio, "available_memory", lambda: 64 * GIB)
     detector = RecordingDetector()
