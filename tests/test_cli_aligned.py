@@ -16,6 +16,7 @@ from codeformer.color import is_gray
 from codeformer.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL_FACE = 128  # the crop of the small CodeFormer (checkpoint_factory.SMALL_CONFIG)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -44,11 +45,13 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndar
 
 
 @pytest.fixture(scope="module")
-def restored_run(face_folder: Path, restoration_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+def restored_run(face_folder: Path, small_restoration_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The folder through the small CodeFormer (what the folder run does does not depend on the network's size;
+    official-size aligned runs: test_cli_hostile's killed run, test_precision_auto_... below)."""
     out = tmp_path_factory.mktemp("restored")
     before = _digest(face_folder)
     code = restore_main(["--has_aligned", "-i", str(face_folder), "-o", str(out), "-w", "0.7",
-                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--suffix", "cf"])
+                         "--weights_dir", str(small_restoration_weights), "--device", "cpu", "--suffix", "cf"])
     return code, out, before
 
 
@@ -59,7 +62,7 @@ def test_has_aligned_restores_each_readable_face(restored_run, face_folder: Path
     assert written == ["alpha_cf.png", "colour_cf.png", "gray_cf.png", "宇航员_cf.png"]
     for name in written:
         picture = read_image(out / "restored_faces" / name)
-        assert (picture.height, picture.width) == (512, 512)
+        assert (picture.height, picture.width) == (SMALL_FACE, SMALL_FACE)  # the network's crop
     assert _digest(face_folder) == before  # inputs untouched
 
 
@@ -75,7 +78,8 @@ def test_has_aligned_keeps_gray_and_alpha(restored_run) -> None:
 def test_has_aligned_changes_the_face(restored_run, astronaut_bgr: np.ndarray) -> None:
     _, out, _ = restored_run
     restored = read_image(out / "restored_faces" / "colour_cf.png").bgr
-    assert np.abs(restored.astype(int) - astronaut_bgr.astype(int)).mean() > 1
+    given = cv2.resize(astronaut_bgr, (SMALL_FACE, SMALL_FACE), interpolation=cv2.INTER_AREA)
+    assert np.abs(restored.astype(int) - given.astype(int)).mean() > 1
 
 
 def test_failure_is_one_line_without_traceback(face_folder: Path, restoration_weights: Path, tmp_path: Path,
@@ -89,7 +93,7 @@ def test_failure_is_one_line_without_traceback(face_folder: Path, restoration_we
     assert not (tmp_path / "restored_faces").exists() or not any((tmp_path / "restored_faces").iterdir())
 
 
-def test_skip_existing_and_default_output_root(face_folder: Path, restoration_weights: Path, tmp_path: Path,
+def test_skip_existing_and_default_output_root(face_folder: Path, small_restoration_weights: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch, astronaut_bgr: np.ndarray) -> None:
     monkeypatch.chdir(tmp_path)
     inputs = tmp_path / "my faces"
@@ -100,10 +104,10 @@ def test_skip_existing_and_default_output_root(face_folder: Path, restoration_we
     done.mkdir(parents=True)
     (done / "a.png").write_bytes(b"already here")
     code = restore_main(["--has_aligned", "-i", str(inputs) + "/", "--skip_existing",
-                         "--weights_dir", str(restoration_weights), "--device", "cpu", "-q"])
+                         "--weights_dir", str(small_restoration_weights), "--device", "cpu", "-q"])
     assert code == 0
     assert (done / "a.png").read_bytes() == b"already here"  # skipped, not redone
-    assert read_image(done / "b.png").width == 512
+    assert read_image(done / "b.png").width == SMALL_FACE
 
 
 @pytest.mark.parametrize("argv, message", [
