@@ -348,6 +348,26 @@ def test_a_video_whose_frames_do_not_fit_is_refused_before_any_work(monkeypatch:
     assert detector.seen == [] and processor.held_frames == 0
 
 
+def test_the_video_command_refuses_it_in_one_line_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                   small_restoration_weights: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    from codeformer.cli import restore_main
+    from video_factory import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=3, size=(400, 300), audio=None)
+    monkeypatch.setattr(imageio, "available_memory", lambda: 3 * GIB)
+    out = tmp_path / "out"
+    # x80: frames of 32000 x 24000 (allowed by --max_pixels), a 2.3 GB canvas and its file: over 3 GiB.
+    code = restore_main(["-i", str(clip), "-o", str(out), "-s", "80", "--max_pixels", "1000000000", "--weights_dir",
+                         str(small_restoration_weights), "--detection_model", "retinaface_mobile0.25",
+                         "--device", "cpu", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # (the random weights get a warning)
+    assert len(errors) == 1 and "GiB of memory and 3.0 GiB is available; use a smaller upscale" in errors[0]
+    assert not out.exists() or not any(out.rglob("*.mp4"))  # no half-written video
+
+
 def test_what_fits_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imageio, "available_memory", lambda: 64 * GIB)
     detector = RecordingDetector()

@@ -46,8 +46,8 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndar
 
 @pytest.fixture(scope="module")
 def restored_run(face_folder: Path, small_restoration_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The folder through the small CodeFormer (what the folder run does does not depend on the network's size;
-    official-size aligned runs: test_cli_hostile's killed run, test_precision_auto_... below)."""
+    """The folder through the small CodeFormer: the folder's handling does not depend on the network's size
+    (official-size aligned runs: test_cli_hostile's killed run, test_precision_auto_... below)."""
     out = tmp_path_factory.mktemp("restored")
     before = _digest(face_folder)
     code = restore_main(["--has_aligned", "-i", str(face_folder), "-o", str(out), "-w", "0.7",

@@ -50,7 +50,7 @@ class DlibDetector:
         self._upsample_times = upsample_times
 
     def with_upsample_times(self, times: int) -> "DlibDetector":
-        """The same models with another pyramid upsampling (0: faces from about 80 px, in a quarter of the time)."""
+        """The same models with another pyramid upsampling (0: faces from about 80 px, a quarter of the pixels to process)."""
         return DlibDetector(self._face_detector, self._shape_predictor, upsample_times=times)
 
     @property
