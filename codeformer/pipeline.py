@@ -18,11 +18,12 @@ the reference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import estimate_alignment, warp_face
 from codeformer.face.detection import find_faces
+from codeformer.face.detection_process import runs_apart
 from codeformer.fidelity import NoFidelityControlError
 from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, picture_from_array, read_image
 from codeformer.options import LoadOptions, ReferenceFace, RestoreOptions, VideoOptions, with_keywords
@@ -45,11 +47,14 @@ from codeformer.registry import (
     names,
 )
 from codeformer.restoration import (
+    FacePlan,
     Models,
     RestoredFace,
     RestoreResult,
     alignment_template,
     blend_faces,
+    plan_faces,
+    restore_plans,
     restore_whole_pictures,
     working_image,
 )
@@ -194,6 +199,42 @@ class Pipeline:
             raise CodeFormerError(self._aligned_only_reason())
         return restore_whole_pictures(pictures, self._models(), self.prepare(options))
 
+    def plan_picture(self, picture: Picture, options: RestoreOptions) -> FacePlan:
+        """The first half of :meth:`restore_pictures` for one picture: its faces detected, aligned and chosen.
+
+        ``options`` prepared (:meth:`prepare`). A job plans the next picture (in another thread) while
+        :meth:`restore_planned` finishes the current one; together they give what
+        :meth:`restore_pictures` gives.
+        """
+        if not self.whole_pictures:
+            raise CodeFormerError(self._aligned_only_reason())
+        return plan_faces(picture, self._models(), options)
+
+    def restore_planned(self, pictures: Sequence[Picture], plans: Sequence[FacePlan],
+                        options: RestoreOptions) -> list[RestoreResult]:
+        """The second half of :meth:`restore_pictures`: planned faces restored and pasted back."""
+        return restore_plans(pictures, plans, self._models(), options)
+
+    @contextlib.contextmanager
+    def detecting_apart(self) -> Iterator[bool]:
+        """Within the block, a detector that takes one core and holds the GIL (dlib) runs in a process of
+        its own (:mod:`codeformer.face.detection_process`), so that pictures planned in another thread
+        are detected while this process restores; yields whether it does. Other detectors stay as they are.
+        """
+        detector = self.detector
+        if not runs_apart(detector):
+            yield False
+            return
+        from codeformer.face.detection_process import DetectionProcess
+
+        assert detector is not None
+        with DetectionProcess(detector) as apart:
+            self.detector = apart
+            try:
+                yield True
+            finally:
+                self.detector = detector
+
     def _aligned_only_reason(self) -> str:
         if self.task != "restore":
             return f"{self.spec.name} works on aligned faces only: pass has_aligned=True"
@@ -249,9 +290,12 @@ class Pipeline:
         from codeformer.video import transform_video
 
         video = with_keywords(video, VideoOptions, video_keywords)
-        processor = self.frame_processor(options, temporal_smoothing=video.temporal_smoothing, on_frame=on_frame)
-        return transform_video(src, dst, processor, batch_frames=self.frames_per_step, fps=video.fps, crf=video.crf,
-                               preset=video.preset, progress=progress)
+        # dlib in a process of its own: the next frames are detected while these are restored.
+        with self.detecting_apart() as apart:
+            processor = self.frame_processor(options, temporal_smoothing=video.temporal_smoothing, on_frame=on_frame,
+                                             detect_ahead=apart)
+            return transform_video(src, dst, processor, batch_frames=self.frames_per_step, fps=video.fps,
+                                   crf=video.crf, preset=video.preset, progress=progress)
 
     @property
     def frames_per_step(self) -> int:
@@ -269,12 +313,15 @@ class Pipeline:
         *,
         temporal_smoothing: bool = True,
         on_frame: Callable[[int, RestoreResult], None] | None = None,
+        detect_ahead: bool = False,
     ) -> FrameProcessor:
         """What :meth:`restore_video` runs the frames of a video through, for callers that decode them.
 
         Give it consecutive BGR frames with ``process`` (it may hand them back later: the tracker
         looks ahead), then ``flush`` at the end; frames come back in order. Arguments as in
-        :meth:`restore_video`.
+        :meth:`restore_video`; ``detect_ahead`` (tracked faces): each call's frames are detected in a
+        helper thread while the earlier ones are restored, worth it with the detector in a process
+        of its own (within :meth:`detecting_apart`).
         """
         from codeformer.temporal import TemporalFaceRestorer
 
@@ -282,7 +329,7 @@ class Pipeline:
             raise CodeFormerError(self._aligned_only_reason())
         options = self.prepare(options)
         if temporal_smoothing:
-            return TemporalFaceRestorer(self._models(), options, on_frame=on_frame)
+            return TemporalFaceRestorer(self._models(), options, on_frame=on_frame, detect_ahead=detect_ahead)
         return _FrameByFrame(self, options, on_frame)
 
 

@@ -17,11 +17,12 @@ happens to be nearest, so a look-alike never takes over for a frame.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 
-from codeformer.face.detection import find_faces_in_frames
+from codeformer.face.detection import DetectedFace, find_faces_in_frames
 from codeformer.options import RestoreOptions
 from codeformer.restoration import (
     EYE_DIST_THRESHOLD,
@@ -49,6 +50,7 @@ class TemporalFaceRestorer:
         window: int = DEFAULT_WINDOW,
         max_gap: int = DEFAULT_MAX_GAP,
         on_frame: Callable[[int, RestoreResult], None] | None = None,
+        detect_ahead: bool = False,
     ) -> None:
         self._models = models
         self._options = options
@@ -59,6 +61,10 @@ class TemporalFaceRestorer:
         self._next_index = 0
         # Each track's distances to the reference person so far: (sum, count).
         self._track_distances: dict[int, tuple[float, int]] = {}
+        # detect_ahead: the frames of one call are detected in a helper thread (the detector in a process
+        # of its own, see Pipeline.detecting_apart) while the frames the previous calls decided are restored.
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="codeformer-detect") if detect_ahead else None
+        self._detecting: Future[list[tuple[Picture, np.ndarray, float, list[DetectedFace]]]] | None = None
 
     @property
     def held_frames(self) -> int:
@@ -66,26 +72,47 @@ class TemporalFaceRestorer:
         return len(self._held)
 
     def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Detect and track ``frames`` (BGR uint8); returns the restored frames now decided, oldest first."""
-        decided: list[TrackedFrame] = []
+        """Detect and track ``frames`` (BGR uint8); returns the restored frames now decided, oldest first.
+
+        With ``detect_ahead`` the frames are detected while those of the calls before are restored:
+        what comes back is decided by the detections up to the previous call.
+        """
         pictures = [Picture(frame, None, 3) for frame in frames]
-        if self._next_index == 0 and pictures:
+        if self._next_index == 0 and pictures and self._detecting is None:
             # Every frame has the first one's size: refuse the video before any work, as a picture would be
             # (plan_faces checks each picture; the tracked path plans from detections instead).
             check_output_pixels(pictures[0].width, pictures[0].height, self._options.upscale, self._options.max_pixels)
             check_picture_memory(pictures[0], self._models, self._options)
-        worked = [working_image(picture) for picture in pictures]
-        found = find_faces_in_frames([image for image, _ in worked], self._models.detector,
-                                     eye_dist_threshold=EYE_DIST_THRESHOLD)
-        for picture, (image, scale), faces in zip(pictures, worked, found):
-            self._held.append((picture, image, scale))
-            decided += self._tracker.push(self._next_index, faces)
-            self._next_index += 1
-        return self._restore(decided)
+        if self._ahead is None:
+            return self._restore(self._track(self._detect(pictures)))
+        previous, self._detecting = self._detecting, self._ahead.submit(self._detect, pictures)
+        return self._restore(self._track(previous.result())) if previous is not None else []
 
     def flush(self) -> list[np.ndarray]:
         """The frames still held, restored, at the end of the video."""
-        return self._restore(self._tracker.flush())
+        decided: list[TrackedFrame] = []
+        if self._detecting is not None:
+            detected, self._detecting = self._detecting.result(), None
+            decided = self._track(detected)
+        if self._ahead is not None:
+            self._ahead.shutdown()
+        return self._restore(decided + self._tracker.flush())
+
+    def _detect(self, pictures: list[Picture]) -> list[tuple[Picture, np.ndarray, float, list[DetectedFace]]]:
+        """Each frame with its working image, that image's scale and the faces found on it."""
+        worked = [working_image(picture) for picture in pictures]
+        found = find_faces_in_frames([image for image, _ in worked], self._models.detector,
+                                     eye_dist_threshold=EYE_DIST_THRESHOLD)
+        return [(picture, image, scale, faces) for picture, (image, scale), faces in zip(pictures, worked, found)]
+
+    def _track(self, detected: list[tuple[Picture, np.ndarray, float, list[DetectedFace]]]) -> list[TrackedFrame]:
+        """Frames pushed to the tracker in order (and held); returns the frames it has now decided."""
+        decided: list[TrackedFrame] = []
+        for picture, image, scale, faces in detected:
+            self._held.append((picture, image, scale))
+            decided += self._tracker.push(self._next_index, faces)
+            self._next_index += 1
+        return decided
 
     def _restore(self, decided: list[TrackedFrame]) -> list[np.ndarray]:
         if not decided:

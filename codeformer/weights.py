@@ -35,13 +35,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Mapping, Sequence
 
-import torch
 from tqdm import tqdm
 
 from codeformer._atomic import atomic_path
 from codeformer.errors import CodeFormerError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -543,6 +545,8 @@ def _torch_load(path: Path, map_location: str | torch.device) -> object:
     no second copy of the checkpoint stays in the process heap. Files in PyTorch's legacy
     (pre-zip) format cannot be mapped and are read the usual way.
     """
+    import torch  # here, not at the top: the weight table and downloads need no torch (a detection process)
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except RuntimeError as error:
@@ -558,6 +562,8 @@ def load_state_dict(path: str | os.PathLike[str], *, map_location: str | torch.d
     prefix left by ``DataParallel``. ``.safetensors`` files are read with safetensors. A missing,
     corrupt, truncated or foreign file raises :class:`CodeFormerError` naming the file.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CodeFormerError(f"checkpoint {path} does not exist")

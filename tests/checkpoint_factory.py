@@ -21,6 +21,7 @@ module asking for the same (variant, seed) gets the same file.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 from dataclasses import asdict
@@ -109,6 +110,9 @@ def write_codeformer_checkpoint(path: str | Path, variant: str = "codeformer", s
 
 # A CodeFormer for 128x128 crops (latent 4x4), few layers: seconds to write, a tenth of a second per face.
 SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=16)
+# The same for 64x64 crops (latent 2x2): the VQGAN's convolutions, most of the work, shrink with the crop
+# (about a third of SMALL_CONFIG's time per face). For tests where the crop's size does not matter.
+TINY_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=4)
 
 
 def write_small_codeformer_checkpoint(path: str | Path, config: CodeFormerConfig = SMALL_CONFIG, seed: int = 0) -> Path:
@@ -122,6 +126,14 @@ def write_vqgan_checkpoint(path: str | Path, seed: int = 0) -> Path:
     """Write a random VQGAN checkpoint in the layout of ``vqgan_code1024.pth``; returns ``path``."""
     with torch.device("meta"):
         net = VQAutoEncoder()
+    return _save(random_state_dict(net, seed), path)
+
+
+def write_small_vqgan_checkpoint(path: str | Path, nf: int = 32, seed: int = 0) -> Path:
+    """Write a random VQGAN of the official level layout at base width ``nf`` (official: 64; a multiple of 32 for
+    its GroupNorms). The library reads the width from the file, so it runs 512 px faces as with the official file."""
+    with torch.device("meta"):
+        net = VQAutoEncoder(nf=nf)
     return _save(random_state_dict(net, seed), path)
 
 
@@ -150,6 +162,43 @@ def cached_codeformer_checkpoint(
     """The session's random ``variant`` checkpoint, written on first request (named like the official file)."""
     path = _cache_dir(tmp_path_factory) / f"seed{seed}" / OFFICIAL_NAMES[variant]
     return written_once(path, lambda target: write_codeformer_checkpoint(target, variant, seed))
+
+
+def _small_dir(tmp_path_factory: pytest.TempPathFactory, config: CodeFormerConfig, seed: int) -> Path:
+    """The cache folder of one small network: named after its crop side and a digest of its whole config."""
+    side = math.isqrt(config.latent_size) * 32
+    digest = hashlib.sha1(repr(config).encode()).hexdigest()[:10]
+    return _cache_dir(tmp_path_factory) / f"seed{seed}" / f"small_{side}px_{digest}"
+
+
+def cached_small_codeformer_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, config: CodeFormerConfig = SMALL_CONFIG, seed: int = 0
+) -> Path:
+    """The session's random CodeFormer of ``config`` (a small one), written on first request.
+
+    Loading it (``build_codeformer(load_state_dict(path))``) is several times cheaper than making the
+    network again, which matters most in processes that start afresh (the web app's restoration process).
+    """
+    path = _small_dir(tmp_path_factory, config, seed) / "codeformer_small.pth"
+    return written_once(path, lambda target: write_small_codeformer_checkpoint(target, config, seed))
+
+
+def cached_small_codeformer_onnx(
+    tmp_path_factory: pytest.TempPathFactory, config: CodeFormerConfig = SMALL_CONFIG, seed: int = 0
+) -> Path:
+    """What ``codeformer export onnx`` writes for :func:`cached_small_codeformer_checkpoint`, exported once per
+    session: an export takes seconds and the ONNX test modules use the same graph."""
+    from codeformer.cli import main
+
+    checkpoint = cached_small_codeformer_checkpoint(tmp_path_factory, config, seed)
+
+    def export(target: Path) -> Path:
+        code = main(["export", "onnx", "-o", str(target), "--model", str(checkpoint), "-q"])
+        if code != 0:
+            raise AssertionError(f"codeformer export onnx exited with {code}")
+        return target
+
+    return written_once(checkpoint.with_suffix(".onnx"), export)
 
 
 def cached_vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory, seed: int = 0) -> Path:

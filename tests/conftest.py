@@ -225,5 +225,9 @@ def _share_detections_and_pipelines(tmp_path_factory: pytest.TempPathFactory) ->
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dlib_detector.DlibDetector, "detect", remembered_detect)
+        # Jobs of several pictures and videos would detect in a process of their own, which cannot share
+        # detections: here dlib detects in the test's process (test_detection_process runs it apart, and
+        # shows the faces are the same).
+        patch.setattr(dlib_detector.DlibDetector, "prefers_own_process", False)
         patch.setattr(run, "_load", shared_load)
         yield

@@ -47,7 +47,7 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndar
 @pytest.fixture(scope="module")
 def restored_run(face_folder: Path, small_restoration_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     """The folder through the small CodeFormer: the folder's handling does not depend on the network's size
-    (official-size aligned runs: test_cli_hostile's killed run, test_precision_auto_... below)."""
+    (the official-size aligned run: test_precision_auto_is_reported_and_fp16_on_cpu_refused below)."""
     out = tmp_path_factory.mktemp("restored")
     before = _digest(face_folder)
     code = restore_main(["--has_aligned", "-i", str(face_folder), "-o", str(out), "-w", "0.7",
@@ -150,17 +150,27 @@ def test_offline_without_weights_names_url_and_path(tmp_path: Path, face_folder:
     assert err.strip().splitlines()[-1].startswith("fetch them on a machine with internet with")
 
 
-def test_colorization_end_to_end(face_folder: Path, colorization_weights: Path, tmp_path: Path,
+def test_colorization_end_to_end(face_folder: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
                                  capfd: pytest.CaptureFixture[str]) -> None:
-    code = colorize_main(["-i", str(face_folder), "-o", str(tmp_path), "--weights_dir", str(colorization_weights),
-                          "--device", "cpu", "-q"])
+    """The command on a small colorization network in the official file's place and layout (the official size's
+    layout is test_archs's; the folder's handling does not depend on the network's size)."""
+    from dataclasses import replace
+
+    from checkpoint_factory import SMALL_CONFIG, VARIANTS, write_small_codeformer_checkpoint
+
+    weights = tmp_path_factory.mktemp("small_colorization")
+    write_small_codeformer_checkpoint(weights / "CodeFormer" / "codeformer_colorization.pth",
+                                      replace(SMALL_CONFIG, connect_list=VARIANTS["colorization"].connect_list))
+    out = tmp_path / "out"
+    code = colorize_main(["-i", str(face_folder), "-o", str(out), "--weights_dir", str(weights), "--device", "cpu",
+                          "-q"])
     err = capfd.readouterr().err
     assert code == 1 and "broken.jpg" in err
-    assert "宇航员.png: 300x300 resized to 512x512" in err
-    outputs = sorted(p.name for p in tmp_path.iterdir())
+    assert f"宇航员.png: 300x300 resized to {SMALL_FACE}x{SMALL_FACE}" in err
+    outputs = sorted(p.name for p in out.iterdir())
     assert outputs == ["alpha.png", "colour.png", "gray.png", "宇航员.png"]
-    colorized = read_image(tmp_path / "gray.png")
-    assert colorized.bgr.shape == (512, 512, 3) and colorized.source_channels == 3
+    colorized = read_image(out / "gray.png")
+    assert colorized.bgr.shape == (SMALL_FACE, SMALL_FACE, 3) and colorized.source_channels == 3
 
 
 def test_inpainting_keeps_unpainted_pixels_exactly(tmp_path: Path, inpainting_weights: Path,
@@ -194,11 +204,12 @@ def test_entry_point_scripts_run(tmp_path: Path) -> None:
 
 def test_vqgan_reconstruction_script(face_folder: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
                                      capfd: pytest.CaptureFixture[str]) -> None:
-    from checkpoint_factory import cached_vqgan_checkpoint
+    from checkpoint_factory import write_small_vqgan_checkpoint
 
     from codeformer.cli import vqgan_main
 
-    checkpoint = cached_vqgan_checkpoint(tmp_path_factory)
+    # A narrower VQGAN in the official levels (the official width's layout is test_archs's): 512 px faces all the same.
+    checkpoint = write_small_vqgan_checkpoint(tmp_path_factory.mktemp("small_vqgan") / "vqgan_code1024.pth")
     out = tmp_path / "rec"
     code = vqgan_main(["-i", str(face_folder), "-o", str(out), "--ckpt_path", str(checkpoint), "--device", "cpu", "-q"])
     err = capfd.readouterr().err

@@ -1,23 +1,25 @@
 """ONNX export: CodeFormer with the fidelity weight as a live input, GFPGAN, and the ONNX Runtime restorer.
 
-The small test CodeFormer (the full VQGAN, a narrow 2-layer Transformer, 128x128 crops) still holds
-the VQGAN's 290 MB of weights: an export takes about 10 s on two cores and writes about 300 MB, so
-each graph is exported once per module and shared. ONNX Runtime's outputs are compared with the
-library's (FaceRestorer on the same network) at w = 0, 0.5 and 1.
+The small test CodeFormer (the full VQGAN, a narrow 2-layer Transformer, 64x64 crops) still holds
+the VQGAN's 290 MB of weights: an export takes seconds and writes about 300 MB, so the graph most
+tests use is the one ``codeformer export onnx`` writes for a checkpoint of it, exported once per test
+session (tests/test_onnx_models.py uses it too). ONNX Runtime's outputs are compared with the
+library's (the FaceRestorer the command exported, loaded from the same checkpoint) at w = 0, 0.5 and 1.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from checkpoint_factory import random_codeformer
+from checkpoint_factory import TINY_CONFIG, cached_small_codeformer_checkpoint, cached_small_codeformer_onnx
 from spandrel.architectures.GFPGAN import GFPGAN
 
-from codeformer.archs import CodeFormer, CodeFormerConfig
+from codeformer.archs import CodeFormer
 from codeformer.errors import CodeFormerError, OptionError
 from codeformer.restorer import (
     FaceRestorer,
@@ -39,19 +41,17 @@ from codeformer.onnx_export import (  # noqa: E402 - only importable checks abov
     OnnxRestorer,
     batch_independent_modulated_convs,
     export_onnx,
-    export_restorer_onnx,
     onnx_session,
     run_onnx,
 )
 
-SMALL_SIDE = 128  # crops of the small test network (4x4 latent grid)
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2)
+SMALL_SIDE = 64  # crops of the small test network (checkpoint_factory.TINY_CONFIG: 2x2 latent grid)
 WEIGHTS = (0.0, 0.5, 1.0)
 CPU = torch.device("cpu")
 
 # ONNX Runtime against the library, float rounding only (measured on this network: raw outputs differ
-# by at most 2e-5 of their largest magnitude, which random weights drive to about 16; the outputs
-# clamped to [-1, 1] by at most 1.2e-4; restored crops by one level on 0.04% of the pixels).
+# by at most 1e-5 of their largest magnitude, which random weights drive to about 9; the outputs
+# clamped to [-1, 1] by at most 9e-5; restored crops by one level on 0.09% of the pixels).
 RAW_TOLERANCE = 5e-5  # of max(1, largest |output|)
 UNIT_TOLERANCE = 5e-4  # absolute, on outputs clamped to [-1, 1]; one uint8 level is 2/255 = 7.8e-3
 MAX_LEVELS = 1  # uint8 crops
@@ -64,6 +64,12 @@ MIN_LOGIT_GAP = 5e-4
 SMALL_GFPGAN = {"out_size": 64, "num_style_feat": 64, "channel_multiplier": 1, "narrow": 0.25, "num_mlp": 2,
                 "input_is_latent": True, "different_w": True, "sft_half": True}
 NOISE_STRENGTH = 0.5
+
+
+def ort_threads() -> int:
+    """ONNX Runtime's threads: as many as torch's, which the suite shares out between its worker processes
+    (tests/conftest.py); by default each session would spin a thread per core."""
+    return torch.get_num_threads()
 
 
 def smooth_crop(seed: int, side: int) -> np.ndarray:
@@ -91,24 +97,37 @@ def assert_same_crops(actual: list[np.ndarray], expected: list[np.ndarray]) -> N
 
 
 @pytest.fixture(scope="module")
-def restorer() -> FaceRestorer:
-    """The library side; converting the network for fp32 on the CPU makes its generator channels-last."""
-    return FaceRestorer(random_codeformer(SMALL_CONFIG, seed=0), "cpu", precision="fp32")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random small CodeFormer (TINY_CONFIG, seed 0) in the official files' layout."""
+    return cached_small_codeformer_checkpoint(tmp_path_factory, TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
-def onnx_path(restorer: FaceRestorer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_restorer_onnx(restorer, tmp_path_factory.mktemp("onnx") / "codeformer_small.onnx")
+def restorer(checkpoint: Path) -> FaceRestorer:
+    """The library side, loaded as ``codeformer export onnx`` loads it (fp32 on the CPU, which makes the
+    generator channels-last) and exports it (export_restorer_onnx)."""
+    from codeformer.pipeline import load_pipeline
+
+    loaded = load_pipeline(checkpoint, detector=None, device="cpu", precision="fp32").restorer
+    assert isinstance(loaded, FaceRestorer) and loaded.net.config == TINY_CONFIG
+    return loaded
 
 
 @pytest.fixture(scope="module")
-def session(onnx_path: Path) -> ort.InferenceSession:
-    return onnx_session(onnx_path)
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``codeformer export onnx -o codeformer_small.onnx --model <checkpoint>``'s graph (it must exit 0)."""
+    return cached_small_codeformer_onnx(tmp_path_factory, TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
 def onnx_restorer(onnx_path: Path) -> OnnxRestorer:
-    return OnnxRestorer(onnx_path)
+    return OnnxRestorer(onnx_path, threads=ort_threads())
+
+
+@pytest.fixture(scope="module")
+def session(onnx_restorer: OnnxRestorer) -> ort.InferenceSession:
+    """The restorer's session, which it makes with onnx_session (optimising a 300 MB graph takes a while)."""
+    return onnx_restorer.session
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +137,7 @@ def crops() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def batch(crops: list[np.ndarray]) -> torch.Tensor:
-    return crops_to_batch(crops, CPU)  # (3, 3, 128, 128)
+    return crops_to_batch(crops, CPU)  # (3, 3, 64, 64)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +145,12 @@ def library_outputs(restorer: FaceRestorer, batch: torch.Tensor) -> dict[float, 
     """``net(batch, w, adain=True)[0]`` by weight: what FaceRestorer.restore turns into crops."""
     with torch.inference_mode():
         return {w: restorer.net(batch, w=w, adain=True)[0].numpy() for w in WEIGHTS}
+
+
+@pytest.fixture(scope="module")
+def first_crop_at_half(session: ort.InferenceSession, batch: torch.Tensor) -> np.ndarray:
+    """ONNX Runtime's output for the first crop alone (N = 1) at w = 0.5, fed exactly as the graph declares."""
+    return session.run(None, {"input": batch[:1].numpy(), "weight": np.array([0.5]).astype(np.double)})[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +182,8 @@ def test_crops_decide_their_tokens_by_a_clear_margin(restorer: FaceRestorer, bat
     assert (best_two[..., 0] - best_two[..., 1]).min().item() > MIN_LOGIT_GAP
 
 
-def test_batch_axis_is_dynamic(
-    session: ort.InferenceSession, batch: torch.Tensor, onnx_outputs: dict[float, np.ndarray]
-):
-    single = run_onnx(session, batch[:1].numpy(), 0.5)
+def test_batch_axis_is_dynamic(first_crop_at_half: np.ndarray, onnx_outputs: dict[float, np.ndarray]):
+    single = first_crop_at_half
     three = onnx_outputs[0.5]
     assert single.shape == (1, 3, SMALL_SIDE, SMALL_SIDE) and three.shape == (3, 3, SMALL_SIDE, SMALL_SIDE)
     assert single.dtype == three.dtype == np.float32
@@ -220,7 +243,7 @@ def test_weight_zero_is_exactly_no_fusion_in_onnx_runtime(
 ):
     # A network without fusion blocks never reads the weight: the exporter drops the input.
     plain_path = export_onnx(unfused, tmp_path / "unfused.onnx", fixed_weight=0.0)
-    plain = onnx_session(plain_path)
+    plain = onnx_session(plain_path, threads=ort_threads())
     assert [spec.name for spec in plain.get_inputs()] == ["input"]
     assert plain.get_modelmeta().custom_metadata_map[META_FIXED_WEIGHT] == "0.0"
     one = batch[:1].numpy()
@@ -232,9 +255,10 @@ def test_weight_zero_is_exactly_no_fusion_in_onnx_runtime(
     [0.5, np.float32(0.5), np.float64(0.5), np.array([0.5], dtype=np.float32), np.array(0.5, dtype=np.float64)],
     ids=["python", "float32", "float64", "float32-array", "float64-0d"],
 )
-def test_any_float_weight_is_fed_as_the_graph_declares(session: ort.InferenceSession, batch: torch.Tensor, weight):
-    expected = session.run(None, {"input": batch[:1].numpy(), "weight": np.array([0.5]).astype(np.double)})[0]
-    np.testing.assert_array_equal(run_onnx(session, batch[:1].numpy(), weight), expected)
+def test_any_float_weight_is_fed_as_the_graph_declares(
+    session: ort.InferenceSession, batch: torch.Tensor, first_crop_at_half: np.ndarray, weight
+):
+    np.testing.assert_array_equal(run_onnx(session, batch[:1].numpy(), weight), first_crop_at_half)
 
 
 def test_run_onnx_takes_crops_like_the_restorer(
@@ -280,7 +304,7 @@ def test_onnx_restorer_refuses_weights_outside_the_unit_interval(onnx_restorer, 
 
 def test_onnx_restorer_refuses_bad_crops_and_batch_sizes(onnx_restorer: OnnxRestorer, crops: list[np.ndarray]):
     with pytest.raises(ValueError, match="face crop 0 must be"):
-        onnx_restorer.restore_crops([np.zeros((64, 64, 3), np.uint8)])
+        onnx_restorer.restore_crops([np.zeros((SMALL_SIDE // 2, SMALL_SIDE // 2, 3), np.uint8)])
     with pytest.raises(OptionError, match="batch_size"):
         onnx_restorer.restore_crops(crops, batch_size=0)
 
@@ -288,7 +312,7 @@ def test_onnx_restorer_refuses_bad_crops_and_batch_sizes(onnx_restorer: OnnxRest
 def test_onnx_restorer_pins_a_fixed_weight(
     onnx_path: Path, crops: list[np.ndarray], onnx_outputs: dict[float, np.ndarray]
 ):
-    pinned = OnnxRestorer(onnx_path, fixed_weight=0.0)
+    pinned = OnnxRestorer(onnx_path, fixed_weight=0.0, threads=ort_threads())
     assert not pinned.supports_fidelity
     with pytest.raises(NoFidelityControlError):
         pinned.restore_crops(crops, fidelity_weight=0.5)
@@ -308,11 +332,11 @@ def test_onnx_restorer_refuses_a_missing_file(tmp_path: Path):
 def test_export_refuses_what_it_cannot_export(restorer: FaceRestorer, tmp_path: Path):
     with pytest.raises(CodeFormerError, match="cannot export a Conv2d"):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "conv.onnx")
-    with pytest.raises(OptionError, match="128x128 crops only"):
+    with pytest.raises(OptionError, match=f"{SMALL_SIDE}x{SMALL_SIDE} crops only"):
         export_onnx(restorer.net, tmp_path / "x.onnx", input_size=512)
     with pytest.raises(OptionError, match="opset"):
         export_onnx(restorer.net, tmp_path / "x.onnx", opset=11)
-    half = random_codeformer(SMALL_CONFIG).set_decoder_precision(torch.bfloat16)
+    half = copy.deepcopy(restorer.net).set_decoder_precision(torch.bfloat16)
     with pytest.raises(CodeFormerError, match="float32 CodeFormer"):
         export_onnx(half, tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())  # nothing written
@@ -341,7 +365,7 @@ def gfpgan_output(net: GFPGAN, batch: torch.Tensor) -> np.ndarray:
 def test_gfpgan_exports_with_input_and_output_only(gfpgan: GFPGAN, tmp_path: Path):
     side = SMALL_GFPGAN["out_size"]
     path = export_onnx(gfpgan, tmp_path / "gfpgan_small.onnx")
-    session = onnx_session(path)
+    session = onnx_session(path, threads=ort_threads())
     assert [(s.name, s.shape) for s in session.get_inputs()] == [("input", ["batch", 3, side, side])]
     assert [(s.name, s.shape) for s in session.get_outputs()] == [("output", ["batch", 3, side, side])]
     crops = [smooth_crop(seed, side) for seed in (1, 2, 3)]
@@ -350,7 +374,7 @@ def test_gfpgan_exports_with_input_and_output_only(gfpgan: GFPGAN, tmp_path: Pat
     assert_close_to_rounding(run_onnx(session, batch.numpy()), expected)  # N = 3
     assert_close_to_rounding(run_onnx(session, batch[1:2].numpy()), expected[1:2])  # N = 1
 
-    restorer = OnnxRestorer(path)
+    restorer = OnnxRestorer(path, threads=ort_threads())
     assert isinstance(restorer, Restorer) and not restorer.supports_fidelity
     with pytest.raises(NoFidelityControlError):
         restorer.restore_crops(crops, fidelity_weight=0.5)
@@ -368,16 +392,11 @@ def test_batch_independent_modulated_convs_match_and_are_undone(gfpgan: GFPGAN):
     np.testing.assert_array_equal(gfpgan_output(gfpgan, batch), expected)
 
 
-def test_export_command_writes_a_graph_other_tools_can_run(tmp_path: Path) -> None:
-    from codeformer.cli import main
-
-    checkpoint = tmp_path / "mine.pth"
-    torch.save({"params_ema": random_codeformer(CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2,
-                                                                 latent_size=16)).state_dict()}, checkpoint)
-    output = tmp_path / "out" / "mine.onnx"
-    assert main(["export", "onnx", "-o", str(output), "--model", str(checkpoint), "-q"]) == 0
-    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+def test_export_command_writes_a_graph_other_tools_can_run(onnx_path: Path) -> None:
+    """The module's graph is the command's output (see ``onnx_path``): plain ONNX Runtime runs it by its names."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input", "weight"]
     assert [o.name for o in session.get_outputs()] == ["output"]
-    (result,) = session.run(None, {"input": np.zeros((2, 3, 128, 128), np.float32), "weight": np.array([0.5])})
-    assert result.shape == (2, 3, 128, 128)
+    zeros = np.zeros((2, 3, SMALL_SIDE, SMALL_SIDE), np.float32)
+    (result,) = session.run(None, {"input": zeros, "weight": np.array([0.5])})
+    assert result.shape == (2, 3, SMALL_SIDE, SMALL_SIDE)

@@ -2,7 +2,8 @@
 
 Small random GPEN, RestoreFormer++ and CodeFormer networks are exported with facefusion's input and
 output names (``input``, ``weight`` for CodeFormer, ``output``) and run through the command line and
-the library; their faces equal the torch networks' within one level.
+the library; their faces equal the torch networks' within one level. The CodeFormer graph is the one
+``codeformer export onnx`` writes for the session's small checkpoint, shared with tests/test_onnx_export.py.
 """
 
 from __future__ import annotations
@@ -17,18 +18,31 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import codeformer  # noqa: E402
-from checkpoint_factory import SMALL_CONFIG, random_codeformer  # noqa: E402
-from codeformer.archs import GPEN, GPENConfig, RestoreFormerPP, RestoreFormerPPConfig, gpen_template  # noqa: E402
+from checkpoint_factory import (  # noqa: E402
+    TINY_CONFIG,
+    cached_small_codeformer_checkpoint,
+    cached_small_codeformer_onnx,
+)
+from codeformer.archs import (  # noqa: E402
+    GPEN,
+    GPENConfig,
+    RestoreFormerPP,
+    RestoreFormerPPConfig,
+    build_codeformer,
+    gpen_template,
+)
 from codeformer.face.alignment import CROP_TEMPLATES  # noqa: E402
 from codeformer.network_restorer import NetworkRestorer  # noqa: E402
 from codeformer.onnx_export import OnnxRestorer, export_onnx  # noqa: E402
 from codeformer.restorer import FaceRestorer, ffhq_template  # noqa: E402
+from codeformer.weights import load_state_dict  # noqa: E402
 from test_face_archs import random_gpen_state, random_restoreformer_state  # noqa: E402
 from test_pipeline import picture  # noqa: E402
 
 GPEN_256 = GPENConfig(size=256, channel_multiplier=1, narrow=1 / 16, style_dim=32, n_mlp=2)
 RESTOREFORMER = RestoreFormerPPConfig(ch=32, ch_mult=(1, 1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32,
                                       embed_dim=32, n_embed=64)
+TINY_SIDE = 64  # crops of the small CodeFormer (checkpoint_factory.TINY_CONFIG)
 
 
 def _strip_metadata(source: Path, target: Path) -> Path:
@@ -37,24 +51,36 @@ def _strip_metadata(source: Path, target: Path) -> Path:
 
     model = onnx.load(str(source))
     del model.metadata_props[:]
-    onnx.save(model, str(target))
+    # The bytes as onnx.save would write them, without its pass over the tensors looking for external data.
+    target.write_bytes(model.SerializeToString())
     return target
 
 
+def ort_threads() -> int:
+    """ONNX Runtime's threads: as many as torch's, which the suite shares out between its worker processes
+    (tests/conftest.py); by default each session would spin a thread per core."""
+    return torch.get_num_threads()
+
+
 @pytest.fixture(scope="module")
-def networks() -> dict[str, torch.nn.Module]:
+def networks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
     gpen = GPEN(GPEN_256)
     gpen.load_state_dict(random_gpen_state(GPEN_256))
     restoreformer = RestoreFormerPP(RESTOREFORMER)
     restoreformer.load_state_dict(random_restoreformer_state(RESTOREFORMER))
-    return {"gpen": gpen.eval(), "restoreformer": restoreformer.eval(), "codeformer": random_codeformer(SMALL_CONFIG)}
+    checkpoint = cached_small_codeformer_checkpoint(tmp_path_factory, TINY_CONFIG)
+    codeformer_net = build_codeformer(load_state_dict(checkpoint))
+    assert codeformer_net.config == TINY_CONFIG
+    return {"gpen": gpen.eval(), "restoreformer": restoreformer.eval(), "codeformer": codeformer_net}
 
 
 @pytest.fixture(scope="module")
 def graphs(networks: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx_models")
-    ours = {name: export_onnx(net, folder / f"ours_{name}.onnx", input_size=512 if name == "restoreformer" else None)
-            for name, net in networks.items()}
+    ours = {name: export_onnx(networks[name], folder / f"ours_{name}.onnx", input_size=input_size)
+            for name, input_size in (("gpen", None), ("restoreformer", 512))}
+    # The same weights as networks["codeformer"] (the session's small checkpoint), exported by the command.
+    ours["codeformer"] = cached_small_codeformer_onnx(tmp_path_factory, TINY_CONFIG)
     # facefusion's file names: the program knows their templates by name.
     theirs = {
         "gpen_bfr_256": _strip_metadata(ours["gpen"], folder / "gpen_bfr_256.onnx"),
@@ -63,6 +89,13 @@ def graphs(networks: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPa
         "unknown": _strip_metadata(ours["gpen"], folder / "my_model.onnx"),
     }
     return {**{f"ours_{name}": path for name, path in ours.items()}, **theirs}
+
+
+@pytest.fixture(scope="module")
+def facefusion_restorers(graphs: dict[str, Path]) -> dict[str, OnnxRestorer]:
+    """OnnxRestorers of facefusion's files, by file stem (a session of a large graph takes a while to optimise)."""
+    return {name: OnnxRestorer(graphs[name], threads=ort_threads())
+            for name in ("gpen_bfr_256", "restoreformer_plus_plus", "codeformer")}
 
 
 def _within_one_level(a: list[np.ndarray], b: list[np.ndarray]) -> None:
@@ -81,14 +114,15 @@ def test_the_graphs_have_facefusions_interface(graphs: dict[str, Path]) -> None:
     assert [spec.name for spec in gpen.get_inputs()] == ["input"] and gpen.get_inputs()[0].shape == [1, 3, 256, 256]
 
 
-def test_size_and_template_come_from_the_graph_and_its_name(graphs: dict[str, Path]) -> None:
+def test_size_and_template_come_from_the_graph_and_its_name(graphs: dict[str, Path],
+                                                            facefusion_restorers: dict[str, OnnxRestorer]) -> None:
     gpen_ours = OnnxRestorer(graphs["ours_gpen"])
     assert (gpen_ours.input_size, gpen_ours.template_name) == (256, "gpen")
     np.testing.assert_allclose(gpen_ours.template, np.array(gpen_template(256)), atol=1e-9)
-    gpen_theirs = OnnxRestorer(graphs["gpen_bfr_256"])  # facefusion aligns this file with arcface_128
+    gpen_theirs = facefusion_restorers["gpen_bfr_256"]  # facefusion aligns this file with arcface_128
     assert gpen_theirs.template_name == "arcface_128"
     np.testing.assert_allclose(gpen_theirs.template, CROP_TEMPLATES["arcface_128"] * 256)
-    restoreformer = OnnxRestorer(graphs["restoreformer_plus_plus"])
+    restoreformer = facefusion_restorers["restoreformer_plus_plus"]
     assert (restoreformer.input_size, restoreformer.template_name) == (512, "ffhq_512")
     np.testing.assert_allclose(restoreformer.template, ffhq_template(512))
     with pytest.raises(codeformer.OptionError, match="my_model.onnx is not a file this program knows"):
@@ -96,20 +130,21 @@ def test_size_and_template_come_from_the_graph_and_its_name(graphs: dict[str, Pa
     assert OnnxRestorer(graphs["unknown"], template="ffhq_512").template_name == "ffhq_512"
 
 
-def test_onnx_faces_equal_the_torch_networks_within_one_level(networks: dict[str, torch.nn.Module],
-                                                              graphs: dict[str, Path]) -> None:
+def test_onnx_faces_equal_the_torch_networks_within_one_level(
+    networks: dict[str, torch.nn.Module], facefusion_restorers: dict[str, OnnxRestorer]
+) -> None:
     gpen = NetworkRestorer(networks["gpen"], name="gpen", input_size=256, template=np.array(gpen_template(256)),
                            forward=lambda net, x: net(x), device="cpu")
     crops = [picture(256, 256, seed=seed) for seed in (1, 2, 3)]
-    _within_one_level(OnnxRestorer(graphs["gpen_bfr_256"]).restore_crops(crops), gpen.restore_crops(crops))
+    _within_one_level(facefusion_restorers["gpen_bfr_256"].restore_crops(crops), gpen.restore_crops(crops))
     restoreformer = NetworkRestorer(networks["restoreformer"], name="rf", input_size=512, template=ffhq_template(512),
                                     forward=lambda net, x: net(x)[0], device="cpu")
     big = [picture(512, 512, seed=4)]
-    _within_one_level(OnnxRestorer(graphs["restoreformer_plus_plus"]).restore_crops(big),
+    _within_one_level(facefusion_restorers["restoreformer_plus_plus"].restore_crops(big),
                       restoreformer.restore_crops(big))
     torch_codeformer = FaceRestorer(networks["codeformer"], "cpu")
-    small = [picture(128, 128, seed=5), picture(128, 128, seed=6)]
-    onnx_codeformer = OnnxRestorer(graphs["codeformer"])
+    small = [picture(TINY_SIDE, TINY_SIDE, seed=5), picture(TINY_SIDE, TINY_SIDE, seed=6)]
+    onnx_codeformer = facefusion_restorers["codeformer"]
     for weight in (0.0, 0.3, 1.0):  # the weight goes in as float64, live
         _within_one_level(onnx_codeformer.restore_crops(small, fidelity_weight=weight),
                           torch_codeformer.restore_crops(small, fidelity_weight=weight))
@@ -121,10 +156,11 @@ def test_the_command_line_runs_onnx_files_end_to_end(graphs: dict[str, Path], tm
     from codeformer.imageio import read_image, write_image
 
     faces = tmp_path / "faces"
-    write_image(faces / "a.png", picture(128, 128, seed=7))
+    write_image(faces / "a.png", picture(TINY_SIDE, TINY_SIDE, seed=7))
     out = tmp_path / "out"
     assert restore_main(["--model", str(graphs["codeformer"]), "--has_aligned", "-w", "0.3", "-i", str(faces),
                          "-o", str(out), "--device", "cpu", "-q"]) == 0
+    # Compared bit for bit: the same session settings as the command's (ONNX Runtime's default threads).
     expected = OnnxRestorer(graphs["codeformer"]).restore_crops([read_image(faces / "a.png").bgr],
                                                                  fidelity_weight=0.3)[0]
     np.testing.assert_array_equal(read_image(out / "restored_faces" / "a.png").bgr, expected)

@@ -8,6 +8,7 @@ the end-to-end CLI tests.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -22,6 +23,7 @@ from codeformer.face.detection import DetectedFace
 from codeformer.imageio import write_image
 from codeformer.pipeline import Pipeline, load_pipeline
 from codeformer.registry import MODELS, model_spec
+from codeformer.restoration import RestoreResult
 from codeformer.restorer import FaceRestorer
 from codeformer.weights import WEIGHTS
 
@@ -79,6 +81,20 @@ def picture(width: int = 640, height: int = 520, seed: int = 0) -> np.ndarray:
     return np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(scope="module")
+def restored(pipe: Pipeline) -> Callable[..., RestoreResult]:
+    """``pipe.restore(picture(width, height, seed))`` with the default options, restored once per module for each
+    picture asked for: several tests compare another way of restoring a picture with it (they only read it)."""
+    results: dict[tuple[int, int, int], RestoreResult] = {}
+
+    def restore(width: int = 640, height: int = 520, seed: int = 0) -> RestoreResult:
+        if (width, height, seed) not in results:
+            results[width, height, seed] = pipe.restore(picture(width, height, seed))
+        return results[width, height, seed]
+
+    return restore
+
+
 @pytest.mark.parametrize("layout", ["bgr8", "bgr16", "gray", "bgra"])
 def test_whole_picture_keeps_size_times_upscale_dtype_and_channels(pipe: Pipeline, layout: str) -> None:
     image = picture(300, 200)  # short side below 512: worked on enlarged, returned at input x s
@@ -96,9 +112,9 @@ def test_whole_picture_keeps_size_times_upscale_dtype_and_channels(pipe: Pipelin
         assert np.all(result.image[:, :, 3] == 200)
 
 
-def test_faces_are_reported_in_the_input_pictures_pixels(pipe: Pipeline) -> None:
+def test_faces_are_reported_in_the_input_pictures_pixels(restored: Callable[..., RestoreResult]) -> None:
     for width, height in ((640, 520), (300, 200)):  # as detected, and enlarged for detection
-        result = pipe.restore(picture(width, height), upscale=2)
+        result = restored(width, height)  # upscale 2, the default
         for face, landmarks in zip(result.faces, expected_landmarks(width, height)):
             # Detection sees the picture resized to whole pixels: the fake's fractions shift by < 0.5 px.
             np.testing.assert_allclose(face.landmarks, landmarks, atol=0.5)
@@ -125,17 +141,19 @@ def test_only_center_face_restores_the_face_nearest_the_centre(pipe: Pipeline) -
     np.testing.assert_allclose(result.faces[0].landmarks, expected_landmarks(640, 520)[0], atol=0.5)  # 131 px off centre, the other 143
 
 
-def test_several_pictures_at_once_equal_one_by_one(pipe: Pipeline) -> None:
-    images = [picture(seed=1), picture(seed=2)]
+def test_several_pictures_at_once_equal_one_by_one(pipe: Pipeline, restored: Callable[..., RestoreResult]) -> None:
+    seeds = (1, 2)
+    images = [picture(seed=seed) for seed in seeds]
     together = pipe.restore_pictures([codeformer.pipeline.as_picture(i) for i in images], pipe.options(upscale=2))
-    for image, result in zip(images, together):
-        np.testing.assert_array_equal(result.image, pipe.restore(image, upscale=2).image)
+    assert len(together) == len(seeds)
+    for seed, result in zip(seeds, together):
+        np.testing.assert_array_equal(result.image, restored(seed=seed).image)  # restored alone, at upscale 2
 
 
-def test_a_path_gives_the_same_result_as_the_array(pipe: Pipeline, tmp_path: Path) -> None:
-    image = picture(seed=4)
-    path = write_image(tmp_path / "-dash.png", image)
-    np.testing.assert_array_equal(pipe.restore(path).image, pipe.restore(image).image)
+def test_a_path_gives_the_same_result_as_the_array(pipe: Pipeline, restored: Callable[..., RestoreResult],
+                                                   tmp_path: Path) -> None:
+    path = write_image(tmp_path / "-dash.png", picture(seed=1))
+    np.testing.assert_array_equal(pipe.restore(path).image, restored(seed=1).image)  # the array, restored alone
 
 
 def test_fidelity_weight_changes_the_faces(pipe: Pipeline) -> None:
@@ -279,25 +297,28 @@ def test_ext_names_the_final_picture(ext: str, input_name: str, expected: str, p
     from codeformer.imageio import read_image
     from codeformer.jobs.local import restore_picture_files
 
+    # A picture without faces: how the final picture is named and written does not depend on what was restored.
+    faceless = Pipeline(pipe.spec, pipe.restorer, detector=FakeDetector(centres=()))
     source = write_image(tmp_path / "in" / input_name, picture(200, 160))
-    report = restore_picture_files(pipe, [source], tmp_path / "out", pipe.options(upscale=1), progress=False,
+    report = restore_picture_files(faceless, [source], tmp_path / "out", faceless.options(upscale=1), progress=False,
                                    extension=ext)
     assert report.done == 1
     assert [p.name for p in (tmp_path / "out" / "final_results").iterdir()] == [expected]
     assert read_image(tmp_path / "out" / "final_results" / expected).width == 200
 
 
-def test_faces_of_one_picture_tick_the_progress_bar_one_batch_at_a_time(capsys: pytest.CaptureFixture[str],
+def test_faces_of_one_picture_tick_the_progress_bar_one_batch_at_a_time(pipe: Pipeline,
+                                                                       restored: Callable[..., RestoreResult],
+                                                                       capsys: pytest.CaptureFixture[str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    expected = restored(300, 200).image  # the quiet module pipeline's result
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: bars (elsewhere: log lines)
-    quiet = small_pipeline()
-    ticking = small_pipeline()
+    # The quiet pipeline's network (a restorer keeps no state between calls), shown each face alone.
+    ticking = Pipeline(pipe.spec, pipe.restorer, detector=FakeDetector())
     ticking.batch_size, ticking.progress = 1, True
-    image = picture(300, 200)
-    expected = quiet.restore(image).image
-    result = ticking.restore(image)
+    result = ticking.restore(picture(300, 200))
     bars = capsys.readouterr().err
     assert "faces: " in bars and "1/2" in bars and "2/2" in bars
     np.testing.assert_array_equal(result.image, expected)  # same outputs as one restore call

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -22,7 +23,7 @@ from checkpoint_factory import cached_codeformer_checkpoint, random_codeformer
 
 from benchmarks.faces import real_face_crops
 from codeformer import precision as precision_module
-from codeformer.archs import CodeFormerConfig
+from codeformer.archs import CodeFormer, CodeFormerConfig
 from codeformer.archs.codeformer import FuseSFTBlock
 from codeformer.archs.vqgan import SUBPIXEL_MIN_PIXELS, Upsample
 from codeformer.errors import CodeFormerError
@@ -53,8 +54,40 @@ def small_faces() -> list[np.ndarray]:
     return [cv2.resize(face, (SMALL_SIDE, SMALL_SIDE), interpolation=cv2.INTER_AREA) for face in picked]
 
 
-def small_restorer(precision: str = "fp32", **kwargs: object) -> FaceRestorer:
-    return FaceRestorer(random_codeformer(SMALL_CONFIG, seed=7), "cpu", precision=precision, **kwargs)
+@pytest.fixture(scope="module")
+def small_net() -> CodeFormer:
+    """The small network every small restorer here starts from; it is never converted itself (see small_restorer)."""
+    return random_codeformer(SMALL_CONFIG, seed=7)
+
+
+def small_restorer(net: CodeFormer, precision: str = "fp32", **kwargs: object) -> FaceRestorer:
+    """A restorer on its own copy of ``net``: a restorer converts its network in place (dtype, layout)."""
+    return FaceRestorer(copy.deepcopy(net), "cpu", precision=precision, **kwargs)
+
+
+@dataclass(frozen=True)
+class SmallRun:
+    """What one small restorer gives for ``small_faces``: all faces in one batch, and one face per batch."""
+
+    codes_together: np.ndarray
+    codes_alone: np.ndarray
+    together: list[np.ndarray]
+    alone: list[np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def small_runs(small_net: CodeFormer, small_faces: list[np.ndarray]) -> dict[str, SmallRun]:
+    """Each mode's outputs, computed once and compared by the batching, bf16 and compile tests below."""
+    runs = {}
+    for mode in ("fp32", "bf16"):
+        restorer = small_restorer(small_net, mode)
+        runs[mode] = SmallRun(
+            codes_together=restorer.predict_codes(small_faces, batch_size=len(small_faces)),
+            codes_alone=restorer.predict_codes(small_faces, batch_size=1),
+            together=restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=len(small_faces)),
+            alone=restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=1),
+        )
+    return runs
 
 
 # ------------------------------------------------------------------ resolve_precision
@@ -93,22 +126,22 @@ def test_unusable_choices_are_refused_with_advice():
         resolve_precision("bf16", "cuda", native_bf16=False)
 
 
-def test_apply_precision_needs_a_resolved_mode():
+def test_apply_precision_needs_a_resolved_mode(small_net):
     with pytest.raises(ValueError, match="resolve_precision"):
-        apply_precision(random_codeformer(SMALL_CONFIG), "auto", torch.device("cpu"))
+        apply_precision(copy.deepcopy(small_net), "auto", torch.device("cpu"))
 
 
-def test_restorer_reports_the_resolved_mode(monkeypatch, caplog):
+def test_restorer_reports_the_resolved_mode(monkeypatch, caplog, small_net):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr("codeformer.restorer.cpu_has_native_bf16", lambda: False)
-    assert small_restorer("auto").precision == "fp32"
+    assert small_restorer(small_net, "auto").precision == "fp32"
     with caplog.at_level(logging.WARNING, logger="codeformer.restorer"):
-        restorer = small_restorer("bf16")
+        restorer = small_restorer(small_net, "bf16")
     assert restorer.precision == "bf16"
     assert "no native bfloat16" in caplog.text
     assert restorer.describe() == "cpu, bf16 (code prediction in fp32, generator in bf16)"
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
-    assert small_restorer("auto").precision == "bf16"
+    assert small_restorer(small_net, "auto").precision == "bf16"
 
 
 def test_from_file_checks_the_precision_before_reading(tmp_path):
@@ -120,8 +153,8 @@ def test_from_file_checks_the_precision_before_reading(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_only_the_generator_changes_dtype(precision):
-    net = random_codeformer(SMALL_CONFIG, seed=3)
+def test_only_the_generator_changes_dtype(precision, small_net):
+    net = copy.deepcopy(small_net)
     apply_precision(net, precision, torch.device("cpu"))  # fp16 on CPU: plumbing only (GPUs run it)
     dtype = precision_module.DTYPES[precision]
     assert net.decoder_dtype == dtype
@@ -166,10 +199,11 @@ def test_fusion_block_computes_the_reference_formula():
         torch.testing.assert_close(block(enc, dec, W), expected, rtol=0, atol=FLOAT64_TOLERANCE)
 
 
-def test_fp32_mode_equals_a_float64_run_to_float_rounding(small_faces):
-    restorer = small_restorer("fp32")
+def test_fp32_mode_equals_a_float64_run_to_float_rounding(small_net, small_faces):
+    restorer = small_restorer(small_net, "fp32")
     reference = copy.deepcopy(restorer.net).double().set_decoder_precision(torch.float64)
-    batch = crops_to_batch(small_faces, torch.device("cpu"))
+    # One face: float64 runs without the fast kernels, and batching is the batch test's subject.
+    batch = crops_to_batch(small_faces[:1], torch.device("cpu"))
     with torch.inference_mode():
         out64, logits64, _ = reference(batch.double(), w=W, adain=True)
         lq_feat, _ = restorer.net.encode(batch)
@@ -183,55 +217,71 @@ def test_fp32_mode_equals_a_float64_run_to_float_rounding(small_faces):
 # ------------------------------------------------------------------ bf16 bounds, batching
 
 
-def test_bf16_meets_the_bounds_on_official_size_real_faces(tmp_path_factory):
-    """Two full-size crops through fp32 and bf16 (a few seconds each): tokens and PSNR within bounds."""
-    named = dict(real_face_crops())
-    faces = [named["astronaut"], named["astronaut_low_quality"]]
+def restore_with_codes(restorer: FaceRestorer, faces: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The restored faces and the code tokens (N, latent_size) predicted on the way there.
+
+    The tokens are recorded as the restoring pass predicts them: one encoder pass for both, and
+    they are the tokens the generator really decoded.
+    """
+    tokens = []
+    predict_logits = restorer.net.predict_logits
+
+    def recording(lq_feat: torch.Tensor) -> torch.Tensor:
+        logits = predict_logits(lq_feat)
+        tokens.append(logits.argmax(dim=2))
+        return logits
+
+    restorer.net.predict_logits = recording  # the restorer is the caller's own: nothing to undo
+    restored = restorer.restore_crops(faces, fidelity_weight=W)
+    return torch.cat(tokens).numpy(), restored
+
+
+def test_bf16_meets_the_bounds_on_an_official_size_real_face(tmp_path_factory):
+    """A full-size degraded real face (the case restoration is for) through fp32 and bf16: tokens and PSNR
+    within bounds. The bounds are per face; batching is the small network's test."""
+    faces = [dict(real_face_crops())["astronaut_low_quality"]]
     path = cached_codeformer_checkpoint(tmp_path_factory, "codeformer")
-    results = {}
-    for mode in ("fp32", "bf16"):
-        restorer = FaceRestorer.from_file(path, device="cpu", precision=mode)
-        results[mode] = (restorer.predict_codes(faces, batch_size=2), restorer.restore_crops(faces, fidelity_weight=W, batch_size=2))
+    results = {mode: restore_with_codes(FaceRestorer.from_file(path, device="cpu", precision=mode), faces)
+               for mode in ("fp32", "bf16")}
     (codes32, faces32), (codes16, faces16) = results["fp32"], results["bf16"]
+    assert codes32.shape == codes16.shape == (len(faces), 256)  # official size: a 16x16 token grid per face
     assert (codes16 == codes32).mean() >= MIN_TOKEN_AGREEMENT
     assert len(np.unique(codes32)) > 10  # a meaningful test: many different codes in play
-    for fast, exact in zip(faces16, faces32):
+    for fast, exact in zip(faces16, faces32, strict=True):
+        assert fast.shape == (512, 512, 3)
         assert MIN_PSNR_DB <= psnr(fast, exact) < float("inf")  # close, and really computed in bf16
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_batch_equals_singles_in_each_mode(small_faces, precision):
-    restorer = small_restorer(precision)
-    batched = restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=len(small_faces))
-    singles = restorer.restore_crops(small_faces, fidelity_weight=W, batch_size=1)
-    codes = [restorer.predict_codes(small_faces, batch_size=size) for size in (len(small_faces), 1)]
-    assert np.array_equal(*codes)
-    for together, alone in zip(batched, singles):
+def test_batch_equals_singles_in_each_mode(small_runs, precision):
+    run = small_runs[precision]
+    assert run.codes_together.shape == run.codes_alone.shape == (len(run.together), SMALL_CONFIG.latent_size)
+    assert np.array_equal(run.codes_together, run.codes_alone)
+    for together, alone in zip(run.together, run.alone, strict=True):
         if precision == "fp32":  # float rounding: at most one grey level here and there
             assert np.abs(together.astype(int) - alone.astype(int)).max() <= 1
         else:  # bfloat16 rounding in a different kernel order
             assert psnr(together, alone) >= MIN_PSNR_DB
 
 
-def test_bf16_small_network_stays_close_to_fp32(small_faces):
-    exact = small_restorer("fp32")
-    fast = small_restorer("bf16")
-    assert np.array_equal(fast.predict_codes(small_faces), exact.predict_codes(small_faces))
-    for a, b in zip(fast.restore_crops(small_faces, fidelity_weight=W), exact.restore_crops(small_faces, fidelity_weight=W)):
+def test_bf16_small_network_stays_close_to_fp32(small_runs):
+    fast, exact = small_runs["bf16"], small_runs["fp32"]
+    assert np.array_equal(fast.codes_together, exact.codes_together)
+    for a, b in zip(fast.together, exact.together, strict=True):
         assert MIN_PSNR_DB <= psnr(a, b) < float("inf")
 
 
 # ------------------------------------------------------------------ torch.compile fallback
 
 
-def test_compile_unavailable_falls_back_to_eager(monkeypatch, caplog, small_faces):
+def test_compile_unavailable_falls_back_to_eager(monkeypatch, caplog, small_net, small_faces, small_runs):
     def no_compiler(function):
         raise RuntimeError("Dynamo is not supported on this Python\nsecond line")
 
-    expected = small_restorer("fp32").restore_crops(small_faces[:1], fidelity_weight=W)
+    expected = small_runs["fp32"].alone  # the same network uncompiled, one face per batch
     monkeypatch.setattr(torch, "compile", no_compiler)
     with caplog.at_level(logging.WARNING, logger="codeformer.restorer"):
-        restorer = small_restorer("fp32", compile=True)
+        restorer = small_restorer(small_net, "fp32", compile=True)
     assert not restorer.compiled
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
@@ -241,7 +291,7 @@ def test_compile_unavailable_falls_back_to_eager(monkeypatch, caplog, small_face
     np.testing.assert_array_equal(restorer.restore_crops(small_faces[:1], fidelity_weight=W)[0], expected[0])
 
 
-def test_compile_failing_on_first_call_falls_back_once(monkeypatch, caplog, small_faces):
+def test_compile_failing_on_first_call_falls_back_once(monkeypatch, caplog, small_net, small_faces, small_runs):
     calls = []
 
     def broken_compile(function):
@@ -251,19 +301,19 @@ def test_compile_failing_on_first_call_falls_back_once(monkeypatch, caplog, smal
 
         return compiled
 
-    expected = small_restorer("fp32").restore_crops(small_faces[:2], fidelity_weight=W, batch_size=1)
+    expected = small_runs["fp32"].alone[:2]  # the same network uncompiled, one face per batch
     monkeypatch.setattr(torch, "compile", broken_compile)
-    restorer = small_restorer("fp32", compile=True)
+    restorer = small_restorer(small_net, "fp32", compile=True)
     assert restorer.compiled  # nothing has failed yet
     with caplog.at_level(logging.WARNING, logger="codeformer.restorer"):
         restored = restorer.restore_crops(small_faces[:2], fidelity_weight=W, batch_size=1)
     assert not restorer.compiled and calls == [3]  # tried once, then eager for good
     assert sum("C++ compiler not found" in r.getMessage() for r in caplog.records) == 1
-    for got, want in zip(restored, expected):
+    for got, want in zip(restored, expected, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
-def test_compile_wraps_the_generator(monkeypatch, small_faces):
+def test_compile_wraps_the_generator(monkeypatch, small_net, small_faces):
     compiled = []
 
     def fake_compile(function):
@@ -271,7 +321,7 @@ def test_compile_wraps_the_generator(monkeypatch, small_faces):
         return function
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    restorer = small_restorer("bf16", compile=True)
+    restorer = small_restorer(small_net, "bf16", compile=True)
     assert restorer.compiled and restorer.describe().endswith(", compiled")
     assert compiled == [restorer.net.decode]
     assert len(restorer.restore_crops(small_faces[:1], fidelity_weight=W)) == 1
@@ -280,49 +330,57 @@ def test_compile_wraps_the_generator(monkeypatch, small_faces):
 # ------------------------------------------------------------------ process settings (CLI opt-in)
 
 
-def test_configure_cpu_runtime_reports_what_it_set():
-    # In a child process: the settings are process-wide and must not leak into this test session.
-    code = (
-        "import json, torch; from codeformer.precision import configure_cpu_runtime as c; "
-        "print(json.dumps([c(flush_denormal=False, reuse_memory=False), c(reuse_memory=False), c(), "
-        "torch.tensor([1e-40]).item()]))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    nothing, flush_only, everything, denormal = json.loads(result.stdout)
+# One child process (a fresh interpreter importing torch) per mode serves both tests below: the settings are
+# process-wide and must not leak into this test session. "tuned" applies them step by step and reports what
+# each step set, then measures; "defaults" only measures.
+_TUNE_THEN_REUSE_IN_A_THREAD = """
+import json, sys, threading
+import numpy as np
+import torch
+from codeformer.precision import configure_cpu_runtime as configure
+report = {}
+if sys.argv[1] == "tuned":
+    report["set"] = [configure(flush_denormal=False, reuse_memory=False), configure(reuse_memory=False), configure()]
+    report["denormal"] = torch.tensor([1e-40]).item()
+if sys.platform.startswith("linux"):
+    import resource
+    faults = []
+    def work():
+        block = np.ones(2**27 // 8); del block  # 128 MiB, more than a thread's own arena can hold
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            block = np.ones(2**27 // 8); del block
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    thread = threading.Thread(target=work); thread.start(); thread.join()
+    report["faults"] = faults[0]
+print(json.dumps(report))
+"""
+
+
+def run_child(mode: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", _TUNE_THEN_REUSE_IN_A_THREAD, mode], capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def tuned_child() -> dict:
+    return run_child("tuned")
+
+
+def test_configure_cpu_runtime_reports_what_it_set(tuned_child):
+    nothing, flush_only, everything = tuned_child["set"]
     assert nothing == [] and flush_only == ["flush denormals"]
     assert everything[0] == "flush denormals"
     if sys.platform.startswith("linux"):
         assert everything[1].startswith("reuse freed memory")
-    assert denormal == 0.0  # flushed
-
-
-_REUSE_IN_A_THREAD = """
-import json, resource, sys, threading
-import numpy as np
-from codeformer.precision import configure_cpu_runtime
-if sys.argv[1] == "tuned":
-    configure_cpu_runtime(flush_denormal=False)
-faults = []
-def work():
-    block = np.ones(2**27 // 8); del block  # 128 MiB, more than a thread's own arena can hold
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        block = np.ones(2**27 // 8); del block
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-thread = threading.Thread(target=work); thread.start(); thread.join()
-print(json.dumps(faults[0]))
-"""
+    assert tuned_child["denormal"] == 0.0  # flushed
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_reused_memory_also_serves_threads_started_after_the_tuning():
+def test_reused_memory_also_serves_threads_started_after_the_tuning(tuned_child):
     """A web handler's or video stage's thread reuses freed large blocks too, instead of faulting in fresh pages."""
-    def faults(mode: str) -> int:
-        result = subprocess.run([sys.executable, "-c", _REUSE_IN_A_THREAD, mode], capture_output=True, text=True,
-                                check=True)
-        return json.loads(result.stdout)
-
-    untuned, tuned = faults("defaults"), faults("tuned")
+    untuned, tuned = run_child("defaults")["faults"], tuned_child["faults"]
     # Four fresh 128 MiB mappings fault in at least 4 x 64 pages (2 MiB transparent huge pages, which numpy
     # asks for; 4 KiB pages: 4 x 32768); reused blocks fault in none.
     assert untuned >= 4 * 64

@@ -22,6 +22,7 @@ from upsampler_factory import (
 
 from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import FFHQ_TEMPLATE_5
+from codeformer.pipeline import Pipeline
 from codeformer.restorer import Restorer
 from codeformer.spandrel_restorer import SpandrelRestorer
 
@@ -83,15 +84,33 @@ def crops() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def single(gfpgan: SpandrelRestorer, crops: list[np.ndarray]) -> np.ndarray:
-    """The first crop restored on its own."""
+def batched(gfpgan: SpandrelRestorer, crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Both crops restored in one batch."""
+    return gfpgan.restore_crops(crops, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def single(gfpgan: SpandrelRestorer, crops: list[np.ndarray], batched: list[np.ndarray]) -> np.ndarray:
+    """The first crop restored on its own, by a later call on the restorer than the batch's (the determinism test
+    compares it with a first call)."""
     return gfpgan.restore_crops(crops[:1])[0]
 
 
 @pytest.fixture(scope="module")
-def batched(gfpgan: SpandrelRestorer, crops: list[np.ndarray]) -> list[np.ndarray]:
-    """Both crops restored in one batch."""
-    return gfpgan.restore_crops(crops, batch_size=2)
+def by_name(gfpgan_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """``load_pipeline("gfpgan_v1.4")`` on a weights root holding the module's file: a second restorer of it."""
+    import codeformer
+
+    root = tmp_path_factory.mktemp("gfpgan_weights")
+    (root / "gfpgan").mkdir()
+    (root / "gfpgan" / "GFPGANv1.4.pth").symlink_to(gfpgan_file)
+    return codeformer.load_pipeline("gfpgan_v1.4", detector=None, device="cpu", weights_dir=root)
+
+
+@pytest.fixture(scope="module")
+def restored_by_name(by_name: Pipeline, crops: list[np.ndarray]) -> np.ndarray:
+    """The first crop, in the first call on the by-name pipeline's restorer."""
+    return by_name.restore(crops[0], has_aligned=True).image
 
 
 # ------------------------------------------------------------------ GFPGAN
@@ -121,11 +140,12 @@ def test_restored_crops_are_bgr_uint8_and_follow_the_input(
     assert not np.array_equal(single, crops[0])
 
 
-def test_restoration_is_deterministic(gfpgan: SpandrelRestorer, crops: list[np.ndarray], single: np.ndarray):
+def test_restoration_is_deterministic(gfpgan: SpandrelRestorer, single: np.ndarray, restored_by_name: np.ndarray):
     decoder_noise = gfpgan.descriptor.model.stylegan_decoder.style_conv1.weight
     assert decoder_noise.item() == NOISE_STRENGTH  # the noise injection is live: random noise would show
-    again = gfpgan.restore_crops(crops[:1])[0]
-    assert again.tobytes() == single.tobytes()
+    # A first call on another restorer of the file gives the bytes of a later call on this one: the noise
+    # depends neither on how many calls came before nor on the restorer instance.
+    assert restored_by_name.tobytes() == single.tobytes()
 
 
 def test_a_batch_restores_like_single_crops(single: np.ndarray, batched: list[np.ndarray]):
@@ -236,35 +256,29 @@ def test_codeformer_through_spandrel_takes_the_fidelity_weight(
 # ------------------------------------------------------------------------------ through the front door
 
 
-def test_gfpgan_by_name_and_by_path_through_load_pipeline(gfpgan_file: Path, gfpgan: SpandrelRestorer,
-                                                          tmp_path: Path) -> None:
+def test_gfpgan_by_name_and_by_path_through_load_pipeline(gfpgan_file: Path, crops: list[np.ndarray], by_name: Pipeline,
+                                                          restored_by_name: np.ndarray, single: np.ndarray) -> None:
     import codeformer
 
-    root = tmp_path / "weights"
-    (root / "gfpgan").mkdir(parents=True)
-    (root / "gfpgan" / "GFPGANv1.4.pth").symlink_to(gfpgan_file)
-    crop = smooth_crop(21)
-    expected = gfpgan.restore_crops([crop])[0]
-    by_name = codeformer.load_pipeline("gfpgan_v1.4", detector=None, device="cpu", weights_dir=root)
     assert isinstance(by_name.restorer, SpandrelRestorer) and by_name.restorer.name == "gfpgan_v1.4"
-    np.testing.assert_array_equal(by_name.restore(crop, has_aligned=True).image, expected)
+    # The first crop: `single` is its restoration by the module's restorer of the same file.
+    np.testing.assert_array_equal(restored_by_name, single)
     with pytest.raises(codeformer.OptionError, match="gfpgan_v1.4 has no fidelity control"):
-        by_name.restore(crop, has_aligned=True, fidelity_weight=0.5)
+        by_name.restore(crops[0], has_aligned=True, fidelity_weight=0.5)
     by_path = codeformer.load_pipeline(str(gfpgan_file), detector=None, device="cpu")
     assert isinstance(by_path.restorer, SpandrelRestorer) and by_path.restorer.name == "GFPGANv1.4.pth"
 
 
-def test_model_flag_takes_a_checkpoint_file_end_to_end(gfpgan_file: Path, gfpgan: SpandrelRestorer,
+def test_model_flag_takes_a_checkpoint_file_end_to_end(gfpgan_file: Path, crops: list[np.ndarray], single: np.ndarray,
                                                         tmp_path: Path) -> None:
     from codeformer.cli import restore_main
     from codeformer.imageio import read_image, write_image
 
-    crop = smooth_crop(22)
-    write_image(tmp_path / "in" / "face.png", crop)
+    write_image(tmp_path / "in" / "face.png", crops[0])  # PNG: the command reads back the same pixels
     out = tmp_path / "out"
     assert restore_main(["--model", str(gfpgan_file), "--has_aligned", "-i", str(tmp_path / "in"), "-o", str(out),
                          "--device", "cpu", "-q"]) == 0
-    np.testing.assert_array_equal(read_image(out / "restored_faces" / "face.png").bgr, gfpgan.restore_crops([crop])[0])
+    np.testing.assert_array_equal(read_image(out / "restored_faces" / "face.png").bgr, single)
 
 
 def test_a_codeformer_file_given_as_model_loads_as_codeformer(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The web app: its handlers in-process, the ``/restore`` API through gradio_client, the page in Chromium.
 
-Every network is a small random CodeFormer (128x128 crops) behind a fake detector that "finds" two
-faces at fixed places, injected through the app's pipeline factory; nothing is downloaded. The
-server listens on 127.0.0.1 on a free port and is closed by its fixture. The browser tests drive
-Debian's ``chromium`` (``.ci/run`` installs it) through Playwright, with every request that leaves
-127.0.0.1 aborted and recorded: the page must work, and ask for nothing, with the network closed.
+Every network is one of the session's small random CodeFormers (checkpoints tests/checkpoint_factory.py
+writes once: 64x64 crops, but 128x128 for the served app's inpainting, whose brush is sized for faces
+of at least that size) behind a fake detector that "finds" faces at fixed places, injected through
+the app's pipeline factory; nothing is downloaded. The server listens on 127.0.0.1 on a free port
+and is closed by its fixture. The browser tests drive Debian's ``chromium`` (``.ci/run`` installs it)
+through Playwright, with every request that leaves 127.0.0.1 aborted and recorded: the page must
+work, and ask for nothing, with the network closed.
 Set ``CODEFORMER_WEBAPP_SCREENSHOTS`` to a folder to keep the screenshots the tests take.
 """
 
@@ -26,15 +28,16 @@ from typing import Iterator
 import cv2
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gradio", reason="the web app needs gradio (requirements.txt)")
 
 import gradio as gr  # noqa: E402
-from checkpoint_factory import random_codeformer  # noqa: E402
+from checkpoint_factory import SMALL_CONFIG, TINY_CONFIG, cached_small_codeformer_checkpoint  # noqa: E402
 
 from codeformer import webapp  # noqa: E402
 from codeformer.webapp import page as webpage  # noqa: E402
-from codeformer.archs import CodeFormer, CodeFormerConfig  # noqa: E402
+from codeformer.archs import CodeFormer, build_codeformer  # noqa: E402
 from codeformer.errors import CodeFormerError  # noqa: E402
 from codeformer.face.alignment import FFHQ_TEMPLATE_5  # noqa: E402
 from codeformer.face.detection import DetectedFace  # noqa: E402
@@ -51,8 +54,10 @@ except ImportError:  # the browser tests skip; the others run
     PlaywrightTimeout = TimeoutError  # type: ignore[misc, assignment]
     sync_playwright = None  # type: ignore[assignment]
 
-SIDE = 128  # crops of the small network
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SIDE // 32) ** 2)
+SIDE = 64  # crops of the small network (TINY_CONFIG: a 2x2 latent grid)
+# Crops of the served app's inpainting network (SMALL_CONFIG: a 4x4 latent grid): the page's brush, sized for
+# 512 px faces, would paint most of a 64 px face.
+SERVED_INPAINTING_SIDE = 128
 # Where the fake detector's faces are, as fractions of the picture. One face unless a test needs more:
 # every face is a network forward, the slowest part of these tests.
 ONE_FACE = ((0.5, 0.45),)
@@ -92,28 +97,40 @@ class FakeDetector:
         return faces
 
 
-@functools.lru_cache(maxsize=1)
-def small_network() -> CodeFormer:
-    """One small random CodeFormer for every model: making one takes seconds, using it is read-only."""
-    return random_codeformer(SMALL_CONFIG, seed=3)
+@functools.lru_cache(maxsize=2)
+def small_network(checkpoint: Path) -> CodeFormer:
+    """One small random CodeFormer per checkpoint for every model of a process: using it is read-only."""
+    from codeformer.weights import load_state_dict
+
+    net = build_codeformer(load_state_dict(checkpoint))
+    assert net.config in (TINY_CONFIG, SMALL_CONFIG)
+    return net
 
 
 class SmallFactory:
-    """Builds pipelines of small random networks, as :func:`codeformer.load_pipeline` builds real ones."""
+    """Builds pipelines of the small random network in ``checkpoint`` (the inpainting model's in
+    ``inpainting_checkpoint`` if given), as :func:`codeformer.load_pipeline` builds real ones."""
 
-    def __init__(self, centres: tuple[tuple[float, float], ...] = ONE_FACE, dlib_gil_hold: int = 0) -> None:
+    def __init__(self, checkpoint: Path, centres: tuple[tuple[float, float], ...] = ONE_FACE,
+                 dlib_gil_hold: int = 0, inpainting_checkpoint: Path | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.inpainting_checkpoint = inpainting_checkpoint or checkpoint
         self.centres = centres
         self.dlib_gil_hold = dlib_gil_hold  # the "dlib" detector's GIL-holding work (see FakeDetector)
         self.choices: list[LoadOptions] = []
+        # The restoration process starts afresh with a thread per core: give it this process's share of the
+        # cores (tests/conftest.py shares them out between the suite's processes).
+        self.torch_threads = torch.get_num_threads()
 
     def __call__(self, choice: LoadOptions) -> Pipeline:
         self.choices.append(choice)
+        torch.set_num_threads(self.torch_threads)
         spec = model_spec(choice.model, "restorer")
         # As the registry builds them: colorization pinned at w=0, inpainting at w=1 without AdaIN; models
         # without a fidelity weight (GFPGAN) stand in as a CodeFormer pinned at w=0.
         fixed = None if spec.supports_fidelity else 1.0 if spec.task == "inpaint" else 0.0
-        restorer = FaceRestorer(small_network(), "cpu", name=choice.model, fixed_weight=fixed,
-                                adain=spec.task != "inpaint")
+        network = small_network(self.inpainting_checkpoint if spec.task == "inpaint" else self.checkpoint)
+        restorer = FaceRestorer(network, "cpu", name=choice.model, fixed_weight=fixed, adain=spec.task != "inpaint")
         hold = self.dlib_gil_hold if choice.detector == "dlib" else 0
         detector = FakeDetector(self.centres, hold) if choice.detector is not None and spec.task == "restore" else None
         return Pipeline(spec, restorer, detector=detector)
@@ -153,9 +170,15 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's random CodeFormer for 64x64 crops (TINY_CONFIG): loading it is cheaper than making it."""
+    return cached_small_codeformer_checkpoint(tmp_path_factory, TINY_CONFIG)
+
+
 @pytest.fixture()
-def factory() -> SmallFactory:
-    return SmallFactory()
+def factory(tiny_checkpoint: Path) -> SmallFactory:
+    return SmallFactory(tiny_checkpoint)
 
 
 @pytest.fixture()
@@ -163,11 +186,16 @@ def cache(factory: SmallFactory) -> PipelineCache:
     return PipelineCache(factory)
 
 
+@pytest.fixture()
+def two_face_cache(tiny_checkpoint: Path) -> PipelineCache:
+    return PipelineCache(SmallFactory(tiny_checkpoint, TWO_FACES))
+
+
 # ---------------------------------------------------------------------------------------- handlers
 
 
-def test_restore_keeps_size_depth_and_alpha_in_the_download(tmp_path: Path) -> None:
-    cache = PipelineCache(SmallFactory(TWO_FACES))
+def test_restore_keeps_size_depth_and_alpha_in_the_download(two_face_cache: PipelineCache, tmp_path: Path) -> None:
+    cache = two_face_cache
     bgr16 = smooth_picture(200, 160).astype(np.uint16) * 257
     alpha = np.full((160, 200), 40_000, np.uint16)
     upload = save_png(tmp_path / "family photo.png", np.dstack([bgr16, alpha]))
@@ -186,8 +214,8 @@ def test_restore_keeps_size_depth_and_alpha_in_the_download(tmp_path: Path) -> N
     assert outcome.notes == ()
 
 
-def test_face_choices_restore_only_the_chosen_faces(tmp_path: Path) -> None:
-    cache = PipelineCache(SmallFactory(TWO_FACES))
+def test_face_choices_restore_only_the_chosen_faces(two_face_cache: PipelineCache, tmp_path: Path) -> None:
+    cache = two_face_cache
     upload = save_png(tmp_path / "pair.png", smooth_picture(200, 160))
     for options, count in ((ask(upscale=1, face_index="1"), 1), (ask(upscale=1, largest_face=True), 1),
                            (ask(upscale=1, min_face_size=10_000), 0), (ask(upscale=1), 2)):
@@ -198,9 +226,9 @@ def test_face_choices_restore_only_the_chosen_faces(tmp_path: Path) -> None:
     assert webapp.phrase(caught.value).startswith("Only these faces one: face numbers from 0")
 
 
-def test_a_reference_photo_restores_only_that_person(tmp_path: Path) -> None:
+def test_a_reference_photo_restores_only_that_person(two_face_cache: PipelineCache, tmp_path: Path) -> None:
     pytest.importorskip("dlib")
-    cache = PipelineCache(SmallFactory(TWO_FACES))
+    cache = two_face_cache
     upload = save_png(tmp_path / "pair.png", face_picture(256))
     # The same photo as the reference: its first face is the person (distance 0), the other one is not chosen.
     outcome = webapp.restore_uploads(cache, [upload], ask(upscale=1, reference_face=str(upload)), tmp_path / "out")
@@ -363,11 +391,13 @@ def test_colorize_and_inpaint(cache: PipelineCache, tmp_path: Path) -> None:
 
     face = face_picture(SIDE)
     painted = face.copy()
-    painted[40:70, 50:90] = 255
+    hole = np.s_[SIDE * 5 // 16:SIDE * 9 // 16, SIDE * 3 // 8:SIDE * 11 // 16]  # a box across the middle
+    painted[hole] = 255
     outcome = webapp.inpaint_uploads(cache, [save_png(tmp_path / "holes.png", painted)], tmp_path / "i")
     filled = cv2.imread(str(outcome.results[0].download))
     changed = np.any(filled != painted, axis=2)
-    assert changed[40:70, 50:90].mean() > 0.9 and not changed[:35].any() and not changed[75:].any()
+    above, below = SIDE * 5 // 16 - SIDE // 32, SIDE * 9 // 16 + SIDE // 32  # a few rows off the box's edges
+    assert changed[hole].mean() > 0.9 and not changed[:above].any() and not changed[below:].any()
 
     # From the page's editor: RGB(A) with an opaque canvas; the alpha it adds is not kept.
     rgba = np.dstack([cv2.cvtColor(painted, cv2.COLOR_BGR2RGB), np.full((SIDE, SIDE), 255, np.uint8)])
@@ -475,15 +505,18 @@ def gil_hold_for(seconds: float) -> int:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[webapp.RunningApp]:
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[webapp.RunningApp]:
     """The app on 127.0.0.1 (a free port) with small random networks in a restoration process, as the
-    ``ui`` command serves it; closed after the module's tests."""
-    factory = SmallFactory(dlib_gil_hold=gil_hold_for(DLIB_GIL_SECONDS))
+    ``ui`` command serves it; closed after the module's tests, which stops that process."""
+    inpainting = cached_small_codeformer_checkpoint(tmp_path_factory, SMALL_CONFIG)
+    factory = SmallFactory(tiny_checkpoint, dlib_gil_hold=gil_hold_for(DLIB_GIL_SECONDS),
+                           inpainting_checkpoint=inpainting)
     running = webapp.serve(webapp.RestorationProcess(factory), host="127.0.0.1", port=webapp.free_port())
     try:
         yield running
     finally:
         running.close()
+    assert running.runner.pid is None
 
 
 def test_the_app_listens_on_loopback_without_analytics(server: webapp.RunningApp) -> None:
@@ -549,29 +582,6 @@ def test_the_server_answers_while_it_restores_and_every_queued_call_returns(serv
     for name in ["dlib", *(f"client{index}" for index in range(8))]:
         assert isinstance(results[name], str) and Path(results[name]).name == "photo_restored.png", results[name]
         assert cv2.imread(results[name]).shape == (200, 240, 3)
-
-
-def test_a_restoration_process_that_dies_fails_one_request_and_the_next_one_works(tmp_path: Path) -> None:
-    runner = webapp.RestorationProcess(SmallFactory())
-    try:
-        with pytest.raises(CodeFormerError, match=r"^the restoration process stopped \(exit code 3\); try a smaller"):
-            runner.run(os_exit, 3)
-        assert runner.run(loaded_choices) == []
-        with pytest.raises(webapp.PhrasedError) as caught:
-            runner.run(webapp.restore_api, None, ask(), tmp_path)
-        assert webapp.phrase(caught.value) == "send a picture"
-    finally:
-        runner.close()
-    assert runner.pid is None
-
-
-def os_exit(cache: PipelineCache, code: int) -> None:
-    """A handler that ends the restoration process, as the kernel's out-of-memory killer would."""
-    os._exit(code)
-
-
-def loaded_choices(cache: PipelineCache) -> list:
-    return list(cache.loaded())
 
 
 # -------------------------------------------------------------------------------------- the browser
@@ -726,7 +736,8 @@ def test_browser_bad_upload_shows_a_message(page, tmp_path: Path) -> None:
 
 def test_browser_inpaint_with_the_brush(page, tmp_path: Path) -> None:
     tab, outside = page
-    face = face_picture(SIDE)
+    side = SERVED_INPAINTING_SIDE
+    face = face_picture(side)
     upload = save_png(tmp_path / "face.png", face)
     _open_in_editor(tab, upload)
     box = tab.locator("#inpaint-editor canvas").first.bounding_box()
@@ -740,10 +751,37 @@ def test_browser_inpaint_with_the_brush(page, tmp_path: Path) -> None:
     tab.click("#inpaint-button")
     tab.locator("#inpaint-message").get_by_text("painted_face.png inpainted").wait_for()
     filled = _downloaded(tab, "inpaint", tmp_path, "inpainted.png")
-    assert filled.shape == (SIDE, SIDE, 3)
+    assert filled.shape == (side, side, 3)
     changed = np.any(np.abs(filled.astype(int) - face.astype(int)) > 8, axis=2)
     rows = np.flatnonzero(changed.any(axis=1))
     # The stroke, and only the stroke: a band across the middle changed, top and bottom kept.
-    assert 0.05 < changed.mean() < 0.5 and rows.min() > SIDE * 0.2 and rows.max() < SIDE * 0.8
+    assert 0.05 < changed.mean() < 0.5 and rows.min() > side * 0.2 and rows.max() < side * 0.8
     _screenshot(tab, tmp_path, "inpaint.png")
     assert outside == []
+
+
+# ------------------------------------------------------------------------- the restoration process dies
+# Last in the module: it kills the server's restoration process, after every other test has used it, rather
+# than start a process of its own (each start imports torch and Gradio afresh).
+
+
+def test_a_restoration_process_that_dies_fails_one_request_and_the_next_one_works(server: webapp.RunningApp,
+                                                                                   tmp_path: Path) -> None:
+    # The server fixture checks, after this, that closing stops the process that replaced the killed one.
+    runner = server.runner
+    assert isinstance(runner, webapp.RestorationProcess)
+    with pytest.raises(CodeFormerError, match=r"^the restoration process stopped \(exit code 3\); try a smaller"):
+        runner.run(os_exit, 3)
+    assert runner.run(loaded_choices) == []
+    with pytest.raises(webapp.PhrasedError) as caught:
+        runner.run(webapp.restore_api, None, ask(), tmp_path)
+    assert webapp.phrase(caught.value) == "send a picture"
+
+
+def os_exit(cache: PipelineCache, code: int) -> None:
+    """A handler that ends the restoration process, as the kernel's out-of-memory killer would."""
+    os._exit(code)
+
+
+def loaded_choices(cache: PipelineCache) -> list:
+    return list(cache.loaded())

@@ -186,6 +186,7 @@ def make_clip(
     start_s: float = 0.0,
     bt709: bool = False,
     seed: int = 0,
+    still: bool = False,
 ) -> Path:
     """Write a short clip and return its path.
 
@@ -206,6 +207,8 @@ def make_clip(
         bt709: encode with the BT.709 YUV matrix and tag it (HD cameras do); else untagged
             BT.601, FFmpeg's default.
         seed: noise seed.
+        still: every frame is ``image`` as is (no motion, no noise), H.264 lossless: the frames decode
+            identical (a test's detections of one serve them all).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -223,7 +226,8 @@ def make_clip(
         odd = width % 2 or height % 2
         video.pix_fmt = "yuv444p" if (odd and codec == "libx264") else "yuv420p"
         video.codec_context.time_base = time_base
-        video.codec_context.options = dict(_VIDEO_OPTIONS[codec])
+        video.codec_context.options = {"qp": "0", "preset": "veryfast"} if still and codec == "libx264" \
+            else dict(_VIDEO_OPTIONS[codec])
         if codec == "mpeg4":
             video.codec_context.qscale = MPEG4_QSCALE
         if bt709:
@@ -245,7 +249,7 @@ def make_clip(
                 container.mux(packet)
 
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(clip_frame(base, index, rng), format="bgr24")
+            frame = av.VideoFrame.from_ndarray(base if still else clip_frame(base, index, rng), format="bgr24")
             if bt709:
                 frame = frame.reformat(
                     format=video.pix_fmt,

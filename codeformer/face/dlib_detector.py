@@ -44,14 +44,27 @@ class DlibDetector:
     # the memory estimate of codeformer.restoration.memory_needed.
     memory_per_pixel = 1024
 
-    def __init__(self, face_detector: Any, shape_predictor: Any, *, upsample_times: int = DLIB_UPSAMPLE_TIMES) -> None:
+    # It takes one core and holds Python's GIL while it detects: a job with more than one picture runs it
+    # in a process of its own beside the restorer (codeformer.face.detection_process).
+    prefers_own_process = True
+
+    def __init__(self, face_detector: Any, shape_predictor: Any, *, upsample_times: int = DLIB_UPSAMPLE_TIMES,
+                 files: tuple[str, str] | None = None) -> None:
         self._face_detector = face_detector  # dlib.cnn_face_detection_model_v1
         self._shape_predictor = shape_predictor  # dlib.shape_predictor (5 points)
         self._upsample_times = upsample_times
+        self._files = files  # (detector, predictor) it was read from: how it is sent to another process
 
     def with_upsample_times(self, times: int) -> "DlibDetector":
         """The same models with another pyramid upsampling (0: faces from about 80 px, a quarter of the pixels to process)."""
-        return DlibDetector(self._face_detector, self._shape_predictor, upsample_times=times)
+        return DlibDetector(self._face_detector, self._shape_predictor, upsample_times=times, files=self._files)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # dlib's models do not pickle: another process reads the same files again.
+        if self._files is None:
+            raise TypeError("a DlibDetector built from dlib objects cannot be sent to another process: "
+                            "build it with load_dlib_detector")
+        return _reloaded, (*self._files, self._upsample_times)
 
     @property
     def area_factor(self) -> int:
@@ -96,4 +109,8 @@ def load_dlib_detector(detector_path: str | os.PathLike[str], predictor_path: st
             f"cannot read the dlib models {detector_path}, {predictor_path} ({first_line}): "
             "delete them and let them download again"
         ) from None
-    return DlibDetector(face_detector, shape_predictor)
+    return DlibDetector(face_detector, shape_predictor, files=(str(detector_path), str(predictor_path)))
+
+
+def _reloaded(detector_path: str, predictor_path: str, upsample_times: int) -> DlibDetector:
+    return load_dlib_detector(detector_path, predictor_path).with_upsample_times(upsample_times)

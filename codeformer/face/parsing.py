@@ -58,9 +58,15 @@ def preprocess_faces(faces: Sequence[np.ndarray]) -> torch.Tensor:
 class FaceParser:
     """A loaded ParseNet on a device."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
-        self._network = network  # facexlib.parsing.parsenet.ParseNet, eval(), on `device`
+    def __init__(self, network: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        self._network = network  # facexlib.parsing.parsenet.ParseNet, eval(), on `device`, in `dtype`
         self._device = device
+        self._dtype = dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the network computes in: float32, or bfloat16 (``precision`` bf16)."""
+        return self._dtype
 
     @property
     def network(self) -> torch.nn.Module:
@@ -76,7 +82,7 @@ class FaceParser:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[np.ndarray] = []
         for start in range(0, len(faces), batch_size):
-            inputs = preprocess_faces(faces[start:start + batch_size]).to(self._device)  # (B, 3, 512, 512)
+            inputs = preprocess_faces(faces[start:start + batch_size]).to(self._device, self._dtype)  # (B, 3, 512, 512)
             # (a channels-last network makes its activations channels-last from the first conv on)
             with torch.inference_mode():
                 class_maps, _ = self._network(inputs)  # (B, 19, 512, 512); the second output is an image
@@ -123,15 +129,17 @@ def build_parsenet() -> torch.nn.Module:
     return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
 
 
-def load_face_parser(path: str | os.PathLike[str], *, device: str | torch.device) -> FaceParser:
+def load_face_parser(path: str | os.PathLike[str], *, device: str | torch.device,
+                     dtype: torch.dtype = torch.float32) -> FaceParser:
     """ParseNet from the official file (``facelib/parsing_parsenet.pth``, resolved by :mod:`codeformer.registry`).
 
     ``device``: a torch device, or a name for :func:`codeformer.device.resolve_device` such as "auto".
+    ``dtype``: float32 (the reference's), or bfloat16 (labels change only where classes nearly tie).
     """
     state = load_state_dict(path)
     network = build_parsenet()
     load_strict(network, state, path, "ParseNet")
     resolved = resolve_device(device)
-    network.eval().to(resolved)
+    network.eval().to(resolved, dtype)
     _prepare_for_inference(network, resolved)
-    return FaceParser(network, resolved)
+    return FaceParser(network, resolved, dtype)

@@ -7,17 +7,18 @@ half-written) or :meth:`Pipeline.restore_video`, and writes every output atomica
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from codeformer.imageio import Picture, read_image, write_image
+from codeformer.imageio import MemoryLimitError, Picture, read_image, write_image
 from codeformer.jobs.layout import FINAL_FOLDER, final_picture_name, frame_outputs, output_stems, picture_outputs, with_suffix_name
 from codeformer.jobs.loop import Batch, BatchReport, describe_failure, ensure_writable_folder, run_batch
 from codeformer.options import RestoreOptions, VideoOptions
-from codeformer.restoration import RestoreResult
+from codeformer.restoration import FacePlan, RestoreResult
 
 if TYPE_CHECKING:
     from codeformer.pipeline import Pipeline
@@ -83,8 +84,14 @@ def restore_picture_files(
     def final_path(path: Path) -> Path:
         return out_root / FINAL_FOLDER / final_picture_name(path, stems[path], suffix, extension)
 
-    def process(pictures: list[Picture]) -> list[RestoreResult]:
-        return pipeline.restore_pictures(pictures, options)
+    options = pipeline.prepare(options)
+
+    def load(path: Path) -> tuple[Picture, FacePlan]:
+        picture = read_image(path, max_pixels=options.max_pixels)
+        return picture, pipeline.plan_picture(picture, options)
+
+    def process(planned: list[tuple[Picture, FacePlan]]) -> list[RestoreResult]:
+        return pipeline.restore_planned([picture for picture, _ in planned], [plan for _, plan in planned], options)
 
     def save(path: Path, result: RestoreResult) -> None:
         # The final picture last: its presence means the input is complete (skip_existing).
@@ -96,10 +103,14 @@ def restore_picture_files(
         count = len(result.faces)
         logger.info("%s: %d face%s", path.name, count, "" if count == 1 else "s")
 
-    # One picture per step: whole pictures can be large; faces within a picture are batched.
-    batch = Batch(load=lambda path: read_image(path, max_pixels=options.max_pixels), process=process, save=save,
-                  chunk_size=1, is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
-    return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress, describe=describe)
+    # One picture per step: whole pictures can be large; faces within a picture are batched. The next
+    # picture is read, detected and aligned while this one's faces are restored and pasted back (dlib in
+    # a process of its own: it holds the GIL); a plan refused for memory then is planned again in its turn.
+    with pipeline.detecting_apart() if len(inputs) > 1 else contextlib.nullcontext():
+        batch = Batch(load=load, process=process, save=save, chunk_size=1, load_ahead=True,
+                      retry_in_turn=lambda error: isinstance(error, MemoryLimitError),
+                      is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
+        return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress, describe=describe)
 
 
 def restore_aligned_files(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
@@ -60,6 +61,33 @@ class Batch(Generic[Loaded, Result]):
     save: Callable[[Path, Result], None]
     is_done: Callable[[Path], bool] | None = None  # --skip_existing: True when the output is there
     chunk_size: int = 1  # inputs processed by one `process` call
+    # Load the next chunk in a helper thread while this one is processed and saved (the loads of a
+    # chunk and the processing of the one before share the cores); results and their order are the same.
+    load_ahead: bool = False
+    # A load that failed ahead with this kind of error is tried again in its turn (e.g. memory that the
+    # chunk being processed held when it was tried).
+    retry_in_turn: Callable[[BaseException], bool] | None = None
+
+
+class _Skipped:
+    """An input whose output is there already (skip-existing)."""
+
+
+_SKIPPED = _Skipped()
+
+
+def _load_chunk(batch: Batch[Loaded, Result], chunk: Sequence[Path]) -> list[tuple[Path, object]]:
+    """Each input of ``chunk`` loaded, or what stopped it: :data:`_SKIPPED` or the exception its load raised."""
+    entries: list[tuple[Path, object]] = []
+    for path in chunk:
+        if batch.is_done is not None and batch.is_done(path):
+            entries.append((path, _SKIPPED))
+            continue
+        try:
+            entries.append((path, batch.load(path)))
+        except Exception as error:  # noqa: BLE001 - reported per file, the batch goes on
+            entries.append((path, error))
+    return entries
 
 
 def run_batch(
@@ -87,39 +115,51 @@ def run_batch(
         report.notes.append(line)
 
     chunk_size = max(1, batch.chunk_size)
-    with Progress(total=len(inputs), desc=desc, unit=unit, enabled=progress) as bar:
-        for start in range(0, len(inputs), chunk_size):
-            chunk = inputs[start:start + chunk_size]
-            loaded: list[tuple[Path, Loaded]] = []
-            for path in chunk:
-                if batch.is_done is not None and batch.is_done(path):
-                    report.skipped += 1
-                    bar.update(1, f"{path.name} (done before)")
+    chunks = [inputs[start:start + chunk_size] for start in range(0, len(inputs), chunk_size)]
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="codeformer-load") if batch.load_ahead and len(chunks) > 1 \
+        else None
+    try:
+        with Progress(total=len(inputs), desc=desc, unit=unit, enabled=progress) as bar:
+            upcoming: Future[list[tuple[Path, object]]] | None = None
+            for index, chunk in enumerate(chunks):
+                entries = upcoming.result() if upcoming is not None else _load_chunk(batch, chunk)
+                upcoming = ahead.submit(_load_chunk, batch, chunks[index + 1]) \
+                    if ahead is not None and index + 1 < len(chunks) else None
+                loaded: list[tuple[Path, Loaded]] = []
+                for path, entry in entries:
+                    if isinstance(entry, BaseException) and ahead is not None and batch.retry_in_turn is not None \
+                            and batch.retry_in_turn(entry):
+                        (path, entry), = _load_chunk(batch, [path])
+                    if entry is _SKIPPED:
+                        report.skipped += 1
+                        bar.update(1, f"{path.name} (done before)")
+                    elif isinstance(entry, BaseException):
+                        fail(path, entry)  # its own error line names it
+                        bar.update(1)
+                    else:
+                        loaded.append((path, entry))  # type: ignore[arg-type]
+                if not loaded:
                     continue
+                bar.working_on(", ".join(path.name for path, _ in loaded))
                 try:
-                    loaded.append((path, batch.load(path)))
-                except Exception as error:  # noqa: BLE001 - reported per file, the batch goes on
-                    fail(path, error)  # its own error line names it
-                    bar.update(1)
-            if not loaded:
-                continue
-            bar.working_on(", ".join(path.name for path, _ in loaded))
-            try:
-                results = batch.process([item for _, item in loaded])
-            except Exception as error:  # noqa: BLE001
-                for path, _ in loaded:
-                    fail(path, error)
-                bar.update(len(loaded))
-                continue
-            for (path, _), result in zip(loaded, results):
-                try:
-                    batch.save(path, result)
+                    results = batch.process([item for _, item in loaded])
                 except Exception as error:  # noqa: BLE001
-                    fail(path, error)
-                    bar.update(1)
+                    for path, _ in loaded:
+                        fail(path, error)
+                    bar.update(len(loaded))
                     continue
-                report.done += 1
-                bar.update(1, path.name)
+                for (path, _), result in zip(loaded, results):
+                    try:
+                        batch.save(path, result)
+                    except Exception as error:  # noqa: BLE001
+                        fail(path, error)
+                        bar.update(1)
+                        continue
+                    report.done += 1
+                    bar.update(1, path.name)
+    finally:
+        if ahead is not None:
+            ahead.shutdown(wait=False, cancel_futures=True)
     return report
 
 

@@ -1,0 +1,192 @@
+"""Detection beside restoration: a detector in a process of its own, loads ahead, frames detected ahead.
+
+The outputs of a folder or a video must be exactly those of one picture (one frame) at a time; only
+when the work happens changes. The stand-in detector here finds one face and notes which process
+ran it; it is sent to the child process pickled, so the child imports this module (its folder is on
+the child's PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from codeformer.errors import CodeFormerError
+from codeformer.face.detection import DetectedFace, check_bgr_image
+from codeformer.face.detection_process import DetectionProcess, runs_apart
+from codeformer.imageio import MemoryLimitError
+from codeformer.jobs.local import restore_picture_files, restore_video_file
+from codeformer.jobs.loop import Batch, run_batch
+from codeformer.restoration import Models
+from codeformer.temporal import TemporalFaceRestorer
+from test_pipeline import FakeDetector, picture, small_pipeline
+from video_factory import make_clip
+
+TESTS = Path(__file__).resolve().parent
+ONE_FACE = ((0.5, 0.45),)
+
+
+class ApartDetector(FakeDetector):
+    """The fake one-face detector, to be run in a process of its own; it notes each process it detects in."""
+
+    prefers_own_process = True
+
+    def __init__(self, seen: Path) -> None:
+        super().__init__(ONE_FACE)
+        self.seen = seen
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        check_bgr_image(image)  # as every detector does: a bad picture is an error raised in the child
+        (self.seen / str(os.getpid())).touch()
+        return super().detect(image)
+
+
+def _processes(seen: Path) -> set[int]:
+    return {int(p.name) for p in seen.iterdir()}
+
+
+@pytest.fixture(autouse=True)
+def _child_imports_this_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def _save(path: Path, image: np.ndarray) -> Path:
+    ok, data = cv2.imencode(path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_process_answers_as_the_detector_and_says_when_it_stopped(tmp_path: Path) -> None:
+    detector = ApartDetector(tmp_path)
+    image = picture(300, 200, seed=4)
+    with DetectionProcess(detector) as apart:
+        assert (apart.name, apart.template_name) == ("fake", "ffhq")  # the detector's description
+        faces = apart.detect(image)
+        expected = detector.detect(image)
+        assert [(f.box.tolist(), f.score, f.landmarks.tolist()) for f in faces] == \
+            [(f.box.tolist(), f.score, f.landmarks.tolist()) for f in expected]
+        assert _processes(tmp_path) - {os.getpid()}, "no detection ran in another process"
+        with pytest.raises(ValueError, match=r"expected a \(H, W, 3\) BGR uint8 picture"):
+            apart.detect(image[:, :, 0])  # the child's error, raised here
+        assert len(apart.detect(image)) == 1  # and the child goes on
+        apart._child.kill()
+        apart._child.wait()
+        with pytest.raises(CodeFormerError, match=r"^the fake detection process stopped \(exit code -9\)"):
+            apart.detect(image)
+    assert apart._child.poll() is not None
+
+
+def test_a_detector_that_cannot_be_sent_fails_before_a_process_starts() -> None:
+    class Local(FakeDetector):  # defined in a function: pickle cannot name it
+        pass
+
+    with pytest.raises((AttributeError, pickle.PicklingError), match="Local"):
+        DetectionProcess(Local())
+    assert not runs_apart(FakeDetector()) and runs_apart(ApartDetector(Path(".")))
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("dlib"), reason="needs dlib")
+def test_dlib_apart_finds_the_same_faces(astronaut_bgr: np.ndarray) -> None:
+    from codeformer.registry import load_detector
+
+    detector = load_detector("dlib", device="cpu")
+    with DetectionProcess(detector) as apart:
+        faces = apart.detect(astronaut_bgr)
+    expected = detector.detect(astronaut_bgr)
+    assert len(faces) == 1
+    assert [(f.box.tolist(), f.score, f.landmarks.tolist()) for f in faces] == \
+        [(f.box.tolist(), f.score, f.landmarks.tolist()) for f in expected]
+
+
+def test_a_folder_detected_apart_equals_one_picture_at_a_time(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, (width, height) in enumerate([(320, 240), (200, 260), (256, 256)]):
+        _save(folder / f"p{index}.png", picture(width, height, seed=20 + index))
+    (folder / "p1b.png").write_bytes(b"not a picture")
+    inputs = sorted(folder.iterdir())
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    pipeline = small_pipeline(ApartDetector(seen))
+    options = pipeline.options(upscale=2)
+    together = restore_picture_files(pipeline, inputs, tmp_path / "together", options, progress=False)
+    assert pipeline.detector.__class__ is ApartDetector  # the process is gone with the job
+    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == 1  # every picture detected apart
+    alone = tmp_path / "alone"
+    for path in inputs:  # one input per job: detected in this process, nothing ahead
+        restore_picture_files(pipeline, [path], alone, options, progress=False)
+    assert os.getpid() in _processes(seen)
+    assert (together.done, together.failed) == (3, 1) and "p1b.png" in together.notes[0]
+    produced = _tree(tmp_path / "together")
+    assert len(produced) == 9 and produced == _tree(alone)
+
+
+def test_loads_ahead_keep_order_failures_skips_and_retry_memory_refusals_in_turn() -> None:
+    calls: list[tuple[str, bool]] = []  # (input, loaded in the helper thread)
+
+    def load(path: Path) -> str:
+        ahead = threading.current_thread() is not threading.main_thread()
+        calls.append((path.name, ahead))
+        if path.name == "bad":
+            raise CodeFormerError("bad: not a picture")
+        if path.name == "big" and ahead:
+            raise MemoryLimitError("restoring", 100, 100, 2**30, 2**20, "free memory")
+        return path.name
+
+    processed: list[str] = []
+    saved: list[str] = []
+    batch = Batch(load=load, process=lambda items: processed.extend(items) or list(items),
+                  save=lambda path, result: saved.append(result), is_done=lambda path: path.name == "done",
+                  load_ahead=True, retry_in_turn=lambda error: isinstance(error, MemoryLimitError))
+    names = ["a", "bad", "done", "big", "c"]
+    report = run_batch([Path(name) for name in names], batch, progress=False)
+    assert (report.done, report.skipped, report.failed) == (3, 1, 1) and report.notes == ["bad: not a picture"]
+    assert processed == saved == ["a", "big", "c"]  # in input order
+    assert calls[0] == ("a", False) and ("c", True) in calls  # the first in turn, the next ones ahead
+    assert [ahead for name, ahead in calls if name == "big"] == [True, False]  # refused ahead, then in turn
+
+
+def test_frames_detected_ahead_come_back_as_detected_in_turn() -> None:
+    pipeline = small_pipeline(FakeDetector(ONE_FACE))
+    options = pipeline.options(upscale=1)
+    models = Models(pipeline.restorer, pipeline.detector, batch_size=1)
+    frames = [np.roll(picture(160, 128, seed=3), 3 * index, axis=1) for index in range(5)]
+
+    def run(ahead: bool) -> list[np.ndarray]:
+        processor = TemporalFaceRestorer(models, options, window=3, max_gap=1, detect_ahead=ahead)
+        out: list[np.ndarray] = []
+        for frame in frames:
+            out += processor.process([frame])
+        return out + processor.flush()
+
+    in_turn, ahead = run(False), run(True)
+    assert len(ahead) == len(in_turn) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, in_turn))
+
+
+def test_a_video_detected_apart_equals_the_video_detected_here(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, fps=10, size=(128, 96), audio=None)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    apart_pipeline = small_pipeline(ApartDetector(seen))
+    here_pipeline = small_pipeline(FakeDetector(ONE_FACE))
+    here_pipeline.restorer = apart_pipeline.restorer
+    outputs = {}
+    for name, pipeline in (("apart", apart_pipeline), ("here", here_pipeline)):
+        restore_video_file(pipeline, clip, tmp_path / name, pipeline.options(upscale=1), progress=False,
+                           save_frames=True)
+        outputs[name] = _tree(tmp_path / name / "final_results")
+        assert len(outputs[name]) == 4
+    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == 1
+    assert outputs["apart"] == outputs["here"]
