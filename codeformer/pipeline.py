@@ -32,7 +32,7 @@ from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError
 from codeformer.face.alignment import estimate_alignment, warp_face
 from codeformer.face.detection import find_faces
-from codeformer.face.detection_process import runs_apart
+from codeformer.face.detection_process import DEFAULT_PROCESSES, DetectionProcess, runs_apart
 from codeformer.fidelity import NoFidelityControlError
 from codeformer.imageio import DEFAULT_MAX_PIXELS, Picture, picture_from_array, read_image
 from codeformer.options import LoadOptions, ReferenceFace, RestoreOptions, VideoOptions, with_keywords
@@ -216,22 +216,22 @@ class Pipeline:
         return restore_plans(pictures, plans, self._models(), options)
 
     @contextlib.contextmanager
-    def detecting_apart(self) -> Iterator[bool]:
-        """Within the block, a detector that takes one core and holds the GIL (dlib) runs in a process of
-        its own (:mod:`codeformer.face.detection_process`), so that pictures planned in another thread
-        are detected while this process restores; yields whether it does. Other detectors stay as they are.
+    def detecting_apart(self, pictures: int | None = None) -> Iterator[int]:
+        """Within the block, a detector that takes one core and holds the GIL (dlib) runs in processes of
+        its own (:mod:`codeformer.face.detection_process`), so that pictures planned in other threads are
+        detected while this process restores; yields how many pictures it detects at once (0: it stays
+        here, as other detectors do). ``pictures``: how many the job has, if known (no more processes).
         """
         detector = self.detector
         if not runs_apart(detector):
-            yield False
+            yield 0
             return
-        from codeformer.face.detection_process import DetectionProcess
-
         assert detector is not None
-        with DetectionProcess(detector) as apart:
+        processes = min(DEFAULT_PROCESSES, os.cpu_count() or 1, pictures or DEFAULT_PROCESSES)
+        with DetectionProcess(detector, processes=processes) as apart:
             self.detector = apart
             try:
-                yield True
+                yield apart.processes
             finally:
                 self.detector = detector
 
@@ -290,7 +290,7 @@ class Pipeline:
         from codeformer.video import transform_video
 
         video = with_keywords(video, VideoOptions, video_keywords)
-        # dlib in a process of its own: the next frames are detected while these are restored.
+        # dlib in processes of its own: the next frames are detected while these are restored.
         with self.detecting_apart() as apart:
             processor = self.frame_processor(options, temporal_smoothing=video.temporal_smoothing, on_frame=on_frame,
                                              detect_ahead=apart)
@@ -313,15 +313,15 @@ class Pipeline:
         *,
         temporal_smoothing: bool = True,
         on_frame: Callable[[int, RestoreResult], None] | None = None,
-        detect_ahead: bool = False,
+        detect_ahead: int = 0,
     ) -> FrameProcessor:
         """What :meth:`restore_video` runs the frames of a video through, for callers that decode them.
 
         Give it consecutive BGR frames with ``process`` (it may hand them back later: the tracker
         looks ahead), then ``flush`` at the end; frames come back in order. Arguments as in
-        :meth:`restore_video`; ``detect_ahead`` (tracked faces): each call's frames are detected in a
-        helper thread while the earlier ones are restored, worth it with the detector in a process
-        of its own (within :meth:`detecting_apart`).
+        :meth:`restore_video`; ``detect_ahead`` (tracked faces): the frames of that many calls are detected
+        at once in helper threads while the earlier ones are restored, worth it with the detector in
+        processes of its own (within :meth:`detecting_apart`, which says how many).
         """
         from codeformer.temporal import TemporalFaceRestorer
 

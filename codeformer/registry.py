@@ -198,7 +198,7 @@ def _parsenet(spec: ModelSpec, context: LoadContext) -> FaceParser:
 
     # In bfloat16 where the restorer is (precision auto on a CPU or GPU with bf16, or bf16): a label
     # changes only where two classes nearly tie, and the final pictures stay above 59 dB PSNR against fp32's
-    # (README, "Precision"); fp16 is not checked for ParseNet, which then stays in float32.
+    # (README, "Speed"); fp16 is not checked for ParseNet, which then stays in float32.
     bf16 = resolve_precision(context.precision, context.device) == "bf16"
     return load_face_parser(context.file(spec), device=context.device,
                             dtype=torch.bfloat16 if bf16 else torch.float32)

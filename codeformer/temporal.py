@@ -50,7 +50,7 @@ class TemporalFaceRestorer:
         window: int = DEFAULT_WINDOW,
         max_gap: int = DEFAULT_MAX_GAP,
         on_frame: Callable[[int, RestoreResult], None] | None = None,
-        detect_ahead: bool = False,
+        detect_ahead: int = 0,
     ) -> None:
         self._models = models
         self._options = options
@@ -61,10 +61,13 @@ class TemporalFaceRestorer:
         self._next_index = 0
         # Each track's distances to the reference person so far: (sum, count).
         self._track_distances: dict[int, tuple[float, int]] = {}
-        # detect_ahead: the frames of one call are detected in a helper thread (the detector in a process
-        # of its own, see Pipeline.detecting_apart) while the frames the previous calls decided are restored.
-        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="codeformer-detect") if detect_ahead else None
-        self._detecting: Future[list[tuple[Picture, np.ndarray, float, list[DetectedFace]]]] | None = None
+        # detect_ahead: the frames of that many calls are detected at once in helper threads (the detector in
+        # processes of its own, see Pipeline.detecting_apart) while the frames the calls before decided are
+        # restored; their detections are tracked in call order.
+        self._ahead_calls = max(0, int(detect_ahead))
+        self._ahead = ThreadPoolExecutor(self._ahead_calls, thread_name_prefix="codeformer-detect") \
+            if self._ahead_calls else None
+        self._detecting: deque[Future[list[tuple[Picture, np.ndarray, float, list[DetectedFace]]]]] = deque()
 
     @property
     def held_frames(self) -> int:
@@ -75,25 +78,26 @@ class TemporalFaceRestorer:
         """Detect and track ``frames`` (BGR uint8); returns the restored frames now decided, oldest first.
 
         With ``detect_ahead`` the frames are detected while those of the calls before are restored:
-        what comes back is decided by the detections up to the previous call.
+        what comes back is decided by the detections up to ``detect_ahead`` calls before this one.
         """
         pictures = [Picture(frame, None, 3) for frame in frames]
-        if self._next_index == 0 and pictures and self._detecting is None:
+        if self._next_index == 0 and pictures and not self._detecting:
             # Every frame has the first one's size: refuse the video before any work, as a picture would be
             # (plan_faces checks each picture; the tracked path plans from detections instead).
             check_output_pixels(pictures[0].width, pictures[0].height, self._options.upscale, self._options.max_pixels)
             check_picture_memory(pictures[0], self._models, self._options)
         if self._ahead is None:
             return self._restore(self._track(self._detect(pictures)))
-        previous, self._detecting = self._detecting, self._ahead.submit(self._detect, pictures)
-        return self._restore(self._track(previous.result())) if previous is not None else []
+        self._detecting.append(self._ahead.submit(self._detect, pictures))
+        if len(self._detecting) <= self._ahead_calls:
+            return []
+        return self._restore(self._track(self._detecting.popleft().result()))
 
     def flush(self) -> list[np.ndarray]:
         """The frames still held, restored, at the end of the video."""
         decided: list[TrackedFrame] = []
-        if self._detecting is not None:
-            detected, self._detecting = self._detecting.result(), None
-            decided = self._track(detected)
+        while self._detecting:
+            decided += self._track(self._detecting.popleft().result())
         if self._ahead is not None:
             self._ahead.shutdown()
         return self._restore(decided + self._tracker.flush())

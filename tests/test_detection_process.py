@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,7 @@ from video_factory import make_clip
 
 TESTS = Path(__file__).resolve().parent
 ONE_FACE = ((0.5, 0.45),)
+APART_PROCESSES = min(2, os.cpu_count() or 1)  # what Pipeline.detecting_apart starts for a job of several pictures
 
 
 class ApartDetector(FakeDetector):
@@ -80,11 +83,39 @@ def test_the_process_answers_as_the_detector_and_says_when_it_stopped(tmp_path: 
         with pytest.raises(ValueError, match=r"expected a \(H, W, 3\) BGR uint8 picture"):
             apart.detect(image[:, :, 0])  # the child's error, raised here
         assert len(apart.detect(image)) == 1  # and the child goes on
-        apart._child.kill()
-        apart._child.wait()
-        with pytest.raises(CodeFormerError, match=r"^the fake detection process stopped \(exit code -9\)"):
+        child = apart._children[0].process
+        child.kill()
+        child.wait()
+        with pytest.raises(CodeFormerError, match=r"^the fake detection process stopped \(exit code -9\): out of memory\? "
+                                                  r"Free memory or choose another face detector$"):
             apart.detect(image)
-    assert apart._child.poll() is not None
+    assert child.poll() is not None
+
+
+class MeetingDetector(ApartDetector):
+    """Detects only once another process is detecting too: two children that do not run at once fail."""
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        (self.seen / str(os.getpid())).touch()
+        deadline = time.monotonic() + 30
+        while len(_processes(self.seen)) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no other process detected meanwhile")
+            time.sleep(0.01)
+        return super().detect(image)
+
+
+def test_two_processes_detect_two_pictures_at_once_and_take_turns(tmp_path: Path) -> None:
+    images = [picture(300, 200, seed=4), picture(200, 300, seed=5)]
+    expected = [FakeDetector(ONE_FACE).detect(image) for image in images]
+    with DetectionProcess(MeetingDetector(tmp_path), processes=2) as apart, ThreadPoolExecutor(2) as threads:
+        assert apart.processes == 2
+        found = list(threads.map(apart.detect, images))
+        for _ in range(3):  # one caller alone: the children take turns (first in, first out)
+            apart.detect(images[0])
+    assert len(_processes(tmp_path) - {os.getpid()}) == 2
+    assert [[f.box.tolist() for f in faces] for faces in found] == [[f.box.tolist() for f in faces] for faces in expected]
+    assert all(child.process.poll() is not None for child in apart._children)  # closed with the block
 
 
 def test_a_detector_that_cannot_be_sent_fails_before_a_process_starts() -> None:
@@ -121,8 +152,9 @@ def test_a_folder_detected_apart_equals_one_picture_at_a_time(tmp_path: Path) ->
     pipeline = small_pipeline(ApartDetector(seen))
     options = pipeline.options(upscale=2)
     together = restore_picture_files(pipeline, inputs, tmp_path / "together", options, progress=False)
-    assert pipeline.detector.__class__ is ApartDetector  # the process is gone with the job
-    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == 1  # every picture detected apart
+    assert pipeline.detector.__class__ is ApartDetector  # the processes are gone with the job
+    # every picture detected apart, two at once where there are two cores (the children take turns)
+    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == APART_PROCESSES
     alone = tmp_path / "alone"
     for path in inputs:  # one input per job: detected in this process, nothing ahead
         restore_picture_files(pipeline, [path], alone, options, progress=False)
@@ -133,12 +165,16 @@ def test_a_folder_detected_apart_equals_one_picture_at_a_time(tmp_path: Path) ->
 
 
 def test_loads_ahead_keep_order_failures_skips_and_retry_memory_refusals_in_turn() -> None:
-    calls: list[tuple[str, bool]] = []  # (input, loaded in the helper thread)
+    calls: list[tuple[str, bool]] = []  # (input, loaded in a helper thread)
+    b_started = threading.Event()
 
     def load(path: Path) -> str:
         ahead = threading.current_thread() is not threading.main_thread()
         calls.append((path.name, ahead))
+        if path.name == "a":
+            assert b_started.wait(30), "the next input did not load beside the first"
         if path.name == "bad":
+            b_started.set()
             raise CodeFormerError("bad: not a picture")
         if path.name == "big" and ahead:
             raise MemoryLimitError("restoring", 100, 100, 2**30, 2**20, "free memory")
@@ -148,13 +184,39 @@ def test_loads_ahead_keep_order_failures_skips_and_retry_memory_refusals_in_turn
     saved: list[str] = []
     batch = Batch(load=load, process=lambda items: processed.extend(items) or list(items),
                   save=lambda path, result: saved.append(result), is_done=lambda path: path.name == "done",
-                  load_ahead=True, retry_in_turn=lambda error: isinstance(error, MemoryLimitError))
+                  load_ahead=2, retry_in_turn=lambda error: isinstance(error, MemoryLimitError))
     names = ["a", "bad", "done", "big", "c"]
     report = run_batch([Path(name) for name in names], batch, progress=False)
     assert (report.done, report.skipped, report.failed) == (3, 1, 1) and report.notes == ["bad: not a picture"]
     assert processed == saved == ["a", "big", "c"]  # in input order
-    assert calls[0] == ("a", False) and ("c", True) in calls  # the first in turn, the next ones ahead
+    assert ("a", True) in calls and ("c", True) in calls  # loaded ahead, two at once ("a" waited for "bad")
     assert [ahead for name, ahead in calls if name == "big"] == [True, False]  # refused ahead, then in turn
+
+
+def test_loads_ahead_hold_at_most_that_many_inputs_beyond_the_one_processed() -> None:
+    started: list[str] = []
+    processed: list[str] = []
+    most_held = 0
+    lock = threading.Lock()
+
+    def load(path: Path) -> str:
+        nonlocal most_held
+        with lock:
+            started.append(path.name)
+            most_held = max(most_held, len(started) - len(processed))
+        time.sleep(0.01)
+        return path.name
+
+    def process(items: list[str]) -> list[str]:
+        time.sleep(0.02)
+        with lock:
+            processed.extend(items)
+        return items
+
+    names = [f"p{index}" for index in range(8)]
+    batch = Batch(load=load, process=process, save=lambda path, result: None, load_ahead=2)
+    assert run_batch([Path(name) for name in names], batch, progress=False).done == 8
+    assert processed == names and most_held <= 3  # the one in turn and two ahead, no more
 
 
 def test_frames_detected_ahead_come_back_as_detected_in_turn() -> None:
@@ -188,5 +250,5 @@ def test_a_video_detected_apart_equals_the_video_detected_here(tmp_path: Path) -
                            save_frames=True)
         outputs[name] = _tree(tmp_path / name / "final_results")
         assert len(outputs[name]) == 4
-    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == 1
+    assert os.getpid() not in _processes(seen) and len(_processes(seen)) == APART_PROCESSES
     assert outputs["apart"] == outputs["here"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checkpoint_factory import cached_codeformer_checkpoint, random_codeformer
+from checkpoint_factory import TINY_CONFIG, cached_codeformer_checkpoint, random_codeformer
 
 from benchmarks.faces import real_face_crops
 from codeformer import precision as precision_module
@@ -48,9 +48,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def small_faces() -> list[np.ndarray]:
-    """Three real crops (aligned astronaut, its low-quality variant, the cameraman) at the small net's size."""
+    """Two real crops (the astronaut's low-quality variant, the cameraman) at the small net's size: a batch of
+    two is what batching can change, and bf16 runs slowly on CPUs without it (AVX2 only)."""
     named = dict(real_face_crops())
-    picked = [named["astronaut"], named["astronaut_low_quality"], named["camera"]]
+    picked = [named["astronaut_low_quality"], named["camera"]]
     return [cv2.resize(face, (SMALL_SIDE, SMALL_SIDE), interpolation=cv2.INTER_AREA) for face in picked]
 
 
@@ -153,8 +154,8 @@ def test_from_file_checks_the_precision_before_reading(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_only_the_generator_changes_dtype(precision, small_net):
-    net = copy.deepcopy(small_net)
+def test_only_the_generator_changes_dtype(precision):
+    net = random_codeformer(TINY_CONFIG, seed=7)  # 64 px crops: the dtypes do not depend on the size
     apply_precision(net, precision, torch.device("cpu"))  # fp16 on CPU: plumbing only (GPUs run it)
     dtype = precision_module.DTYPES[precision]
     assert net.decoder_dtype == dtype
@@ -165,7 +166,7 @@ def test_only_the_generator_changes_dtype(precision, small_net):
             assert tensor.is_contiguous(memory_format=torch.channels_last), name
         elif tensor.ndim == 4:
             assert tensor.is_contiguous(), name  # the encoder keeps the accurate NCHW kernels
-    x = torch.rand(1, 3, SMALL_SIDE, SMALL_SIDE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.rand(1, 3, net.image_size, net.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.inference_mode():
         out, logits, lq_feat = net(x, w=W, adain=True)
     assert out.dtype == logits.dtype == lq_feat.dtype == torch.float32
@@ -236,6 +237,13 @@ def restore_with_codes(restorer: FaceRestorer, faces: list[np.ndarray]) -> tuple
     return torch.cat(tokens).numpy(), restored
 
 
+# Where the CPU has no bfloat16 instructions (AVX2 only), bf16 is emulated: minutes for one official-size face.
+# `auto` never picks it there; the small network's bf16 tests above check the same bounds on every CPU.
+needs_native_bf16 = pytest.mark.skipif(not precision_module.cpu_has_native_bf16(),
+                                       reason="bfloat16 is emulated on this CPU (the small network's test covers it)")
+
+
+@needs_native_bf16
 def test_bf16_meets_the_bounds_on_an_official_size_real_face(tmp_path_factory):
     """A full-size degraded real face (the case restoration is for) through fp32 and bf16: tokens and PSNR
     within bounds. The bounds are per face; batching is the small network's test."""

@@ -104,10 +104,11 @@ def restore_picture_files(
         logger.info("%s: %d face%s", path.name, count, "" if count == 1 else "s")
 
     # One picture per step: whole pictures can be large; faces within a picture are batched. The next
-    # picture is read, detected and aligned while this one's faces are restored and pasted back (dlib in
-    # a process of its own: it holds the GIL); a plan refused for memory then is planned again in its turn.
-    with pipeline.detecting_apart() if len(inputs) > 1 else contextlib.nullcontext():
-        batch = Batch(load=load, process=process, save=save, chunk_size=1, load_ahead=True,
+    # pictures are read, detected and aligned while this one's faces are restored and pasted back (dlib in
+    # processes of its own, two pictures at once: it holds the GIL and one core each); a plan refused for
+    # memory then is planned again in its turn.
+    with pipeline.detecting_apart(len(inputs)) if len(inputs) > 1 else contextlib.nullcontext(0) as apart:
+        batch = Batch(load=load, process=process, save=save, chunk_size=1, load_ahead=max(1, apart),
                       retry_in_turn=lambda error: isinstance(error, MemoryLimitError),
                       is_done=(lambda path: final_path(path).is_file()) if skip_existing else None)
         return run_batch(inputs, batch, desc="restoring", unit="image", progress=progress, describe=describe)

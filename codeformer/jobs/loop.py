@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,10 @@ class Batch(Generic[Loaded, Result]):
     save: Callable[[Path, Result], None]
     is_done: Callable[[Path], bool] | None = None  # --skip_existing: True when the output is there
     chunk_size: int = 1  # inputs processed by one `process` call
-    # Load the next chunk in a helper thread while this one is processed and saved (the loads of a
-    # chunk and the processing of the one before share the cores); results and their order are the same.
-    load_ahead: bool = False
+    # How many chunks load at once in helper threads, ahead of their turn, while the current one is
+    # processed and saved: loads and processing share the cores; results and their order are the same.
+    # Chunks in memory at once: at most this many plus one.
+    load_ahead: int = 0
     # A load that failed ahead with this kind of error is tried again in its turn (e.g. memory that the
     # chunk being processed held when it was tried).
     retry_in_turn: Callable[[BaseException], bool] | None = None
@@ -116,15 +118,18 @@ def run_batch(
 
     chunk_size = max(1, batch.chunk_size)
     chunks = [inputs[start:start + chunk_size] for start in range(0, len(inputs), chunk_size)]
-    ahead = ThreadPoolExecutor(1, thread_name_prefix="codeformer-load") if batch.load_ahead and len(chunks) > 1 \
-        else None
+    # Helper threads load the chunks in order, ``loaders`` at once, up to ``loaders`` beyond the one being processed.
+    loaders = min(max(0, int(batch.load_ahead)), len(chunks)) if len(chunks) > 1 else 0
+    ahead = ThreadPoolExecutor(loaders, thread_name_prefix="codeformer-load") if loaders else None
+    upcoming: deque[Future[list[tuple[Path, object]]]] = deque()
+    submitted = 0
     try:
         with Progress(total=len(inputs), desc=desc, unit=unit, enabled=progress) as bar:
-            upcoming: Future[list[tuple[Path, object]]] | None = None
             for index, chunk in enumerate(chunks):
-                entries = upcoming.result() if upcoming is not None else _load_chunk(batch, chunk)
-                upcoming = ahead.submit(_load_chunk, batch, chunks[index + 1]) \
-                    if ahead is not None and index + 1 < len(chunks) else None
+                while ahead is not None and submitted <= min(index + loaders, len(chunks) - 1):
+                    upcoming.append(ahead.submit(_load_chunk, batch, chunks[submitted]))
+                    submitted += 1
+                entries = upcoming.popleft().result() if ahead is not None else _load_chunk(batch, chunk)
                 loaded: list[tuple[Path, Loaded]] = []
                 for path, entry in entries:
                     if isinstance(entry, BaseException) and ahead is not None and batch.retry_in_turn is not None \
