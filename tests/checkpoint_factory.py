@@ -115,6 +115,24 @@ SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=1
 TINY_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=4)
 
 
+# A ParseNet for 512 px faces (as the official one) an eighth as wide at full resolution, with one body block
+# instead of ten: about 20x faster on a CPU. The parser reads its shape from the file.
+SMALL_PARSENET_SHAPE = dict(steps=4, base_channels=8, channel_range=(8, 32), body_blocks=1)
+
+
+def write_small_parsenet(path: str | Path, seed: int = 0) -> Path:
+    """Write a random small ParseNet (:data:`SMALL_PARSENET_SHAPE`) in the official file's layout."""
+    from codeformer.face.parsing import ParseNetShape, build_parsenet
+
+    torch.manual_seed(seed)
+    network = build_parsenet(ParseNetShape(**SMALL_PARSENET_SHAPE))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(network.state_dict(), temporary)
+    return path
+
+
 def write_small_codeformer_checkpoint(path: str | Path, config: CodeFormerConfig = SMALL_CONFIG, seed: int = 0) -> Path:
     """Write a random CodeFormer of ``config`` as the official files are written (under ``params_ema``)."""
     with torch.device("meta"):

@@ -57,20 +57,21 @@ def restoration_weights(weights_root: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
-def small_restoration_weights(tmp_path_factory: pytest.TempPathFactory, parsing_weights: Path) -> Path:
-    """A weights root whose ``CodeFormer/codeformer.pth`` is a small CodeFormer (128 px crops) in the official
-    layout's structure, and the official-layout ParseNet: whole commands in a fraction of the time.
+def small_restoration_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights root whose ``CodeFormer/codeformer.pth`` is a small CodeFormer (128 px crops) and whose
+    ``facelib/parsing_parsenet.pth`` is a narrow, shallow ParseNet (512 px in and out), both in the official
+    layouts: whole commands in a fraction of the time.
 
-    The command reads the network's size from the file, so everything but the crop size (alignment,
-    paste-back, parsing, the output layout) runs as with the full-size file.
+    The command reads both networks' sizes from the files, so everything but the crop size (alignment,
+    paste-back, parsing, the output layout) runs as with the full-size files.
     """
-    from checkpoint_factory import SMALL_CONFIG, write_small_codeformer_checkpoint
+    from checkpoint_factory import SMALL_CONFIG, write_small_codeformer_checkpoint, write_small_parsenet
 
     from codeformer.face.retinaface import build_retinaface
 
     root = tmp_path_factory.mktemp("small_weights")
     write_small_codeformer_checkpoint(root / _CHECKPOINT_FILES["codeformer"], SMALL_CONFIG)
-    _link(parsing_weights / "facelib" / "parsing_parsenet.pth", root / "facelib" / "parsing_parsenet.pth")
+    write_small_parsenet(root / "facelib" / "parsing_parsenet.pth")
     # A RetinaFace (MobileNet, the small one) that finds no face, for runs where faces do not matter.
     torch.manual_seed(0)
     state = build_retinaface("mobile0.25", torch.device("cpu")).state_dict()

@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checkpoint_factory import SMALL_PARSENET_SHAPE, write_small_parsenet
 from torchvision.transforms.functional import normalize
 
 from codeformer.errors import CodeFormerError
-from codeformer.face.parsing import FaceParser, build_parsenet, preprocess_faces
+from codeformer.face.parsing import (
+    FaceParser,
+    ParseNetShape,
+    build_parsenet,
+    load_face_parser,
+    parsenet_shape,
+    preprocess_faces,
+)
 from codeformer.precision import cpu_has_native_bf16
 from codeformer.registry import load_parser, model_spec
 
@@ -77,6 +85,20 @@ def parser(saved_state: tuple[Path, dict[str, torch.Tensor]]) -> FaceParser:
     return load_parser(device="cpu", weights_dir=saved_state[0])
 
 
+def test_the_network_s_shape_is_read_from_the_file(saved_state: tuple[Path, dict[str, torch.Tensor]],
+                                                   tmp_path: Path) -> None:
+    _, official = saved_state
+    assert {name: tensor.shape for name, tensor in build_parsenet(parsenet_shape(official)).state_dict().items()} \
+        == {name: tensor.shape for name, tensor in official.items()}  # the reference's network, layer by layer
+    small = load_face_parser(write_small_parsenet(tmp_path / "small.pth"), device="cpu")
+    assert parsenet_shape(small.network.state_dict()) == ParseNetShape(**SMALL_PARSENET_SHAPE)
+    (labels,) = small.labels([np.full((300, 300, 3), 90, np.uint8)])
+    assert labels.shape == (PARSE_SIZE, PARSE_SIZE) and labels.min() >= 0 and labels.max() < 19
+    decoder_cut = {name: tensor for name, tensor in official.items() if not name.startswith("decoder.3.")}
+    for state in (decoder_cut, {"body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}):
+        assert parsenet_shape(state) is None  # no ParseNet for 512 px faces: loading it says so (test below)
+
+
 def test_official_layout_loads_strictly_in_eval_mode(
     parser: FaceParser, saved_state: tuple[Path, dict[str, torch.Tensor]]
 ) -> None:
@@ -94,9 +116,17 @@ def test_a_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
         load_parser(device="cpu", weights_dir=tmp_path)
 
 
+@pytest.fixture(scope="module")
+def small_parser(tmp_path_factory: pytest.TempPathFactory) -> FaceParser:
+    """The small ParseNet (the same layers, narrower and shallower): masks and batching work as with the full one."""
+    return load_face_parser(write_small_parsenet(tmp_path_factory.mktemp("small_parsenet") / "parsenet.pth"),
+                            device="cpu")
+
+
 def test_masks_have_the_right_shape_and_range_and_batches_match_singles(
-    parser: FaceParser, faces: list[np.ndarray]
+    small_parser: FaceParser, faces: list[np.ndarray]
 ) -> None:
+    parser = small_parser
     batched = parser.masks(faces, batch_size=2)
     assert len(batched) == len(faces)
     for mask in batched:

@@ -1,7 +1,8 @@
 """ParseNet face parsing: per-pixel face-part labels and the paste-back masks made from them.
 
 The network is facexlib's ParseNet (from PSFR-GAN) with the reference's configuration (input and
-output 512x512, 19 classes), loaded strictly from ``facelib/parsing_parsenet.pth``. Preprocessing is
+output 512x512, 19 classes), loaded strictly from ``facelib/parsing_parsenet.pth`` (its widths and depth
+read from the file: :func:`parsenet_shape`; the tests run a small one). Preprocessing is
 the reference's (``FaceRestoreHelper.paste_faces_to_input_image`` in sczhou/CodeFormer): bilinear
 resize to 512x512, RGB, scaled to [0, 1] then normalised with mean 0.5 and std 0.5 (to [-1, 1]); the
 label of a pixel is the argmax over the 19 class maps. Faces are run in batches (BatchNorm is in eval
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -29,7 +31,7 @@ from codeformer.weights import load_state_dict, load_strict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FaceParser", "build_parsenet", "load_face_parser", "preprocess_faces"]
+__all__ = ["FaceParser", "ParseNetShape", "build_parsenet", "load_face_parser", "parsenet_shape", "preprocess_faces"]
 
 PARSE_SIZE = 512  # ParseNet's input and output side (the reference's in_size = out_size = 512)
 PARSE_CLASSES = 19  # CelebAMask-HQ classes: background, skin, brows, eyes, ..., hair, hat, ...
@@ -122,11 +124,50 @@ def _prepare_for_inference(network: torch.nn.Module, device: torch.device) -> No
         network.to(memory_format=torch.channels_last)
 
 
-def build_parsenet() -> torch.nn.Module:
-    """facexlib's ParseNet in the reference's configuration, randomly initialised."""
+@dataclass(frozen=True)
+class ParseNetShape:
+    """What sizes a ParseNet for 512x512 faces: the defaults are the reference's (the official file's).
+
+    ``steps``: halvings from 512 px to the body's feature maps (and doublings back); ``base_channels``:
+    the first convolution's width, doubled at each halving; ``channel_range``: the (min, max) every
+    block's width is clipped to; ``body_blocks``: residual blocks at the lowest resolution.
+    """
+
+    steps: int = 4
+    base_channels: int = 64
+    channel_range: tuple[int, int] = (32, 256)
+    body_blocks: int = 10
+
+
+def build_parsenet(shape: ParseNetShape = ParseNetShape()) -> torch.nn.Module:
+    """facexlib's ParseNet of ``shape`` (default: the reference's configuration), randomly initialised."""
     from facexlib.parsing.parsenet import ParseNet  # facexlib's package import is slow: only when used
 
-    return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
+    return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, min_feat_size=PARSE_SIZE >> shape.steps,
+                    base_ch=shape.base_channels, parsing_ch=PARSE_CLASSES, res_depth=shape.body_blocks,
+                    ch_range=list(shape.channel_range))
+
+
+def parsenet_shape(state: Mapping[str, torch.Tensor]) -> ParseNetShape | None:
+    """The shape of the ParseNet a state dict in facexlib's layout holds (the official file: the reference's).
+
+    The widths of the residual blocks are the clipped ones, so their smallest and largest stand for
+    the clip range (the official file gives (64, 256) for the reference's (32, 256): the same network).
+    None when it is no ParseNet for 512 px faces (its decoder does not lead back to 512 px, or its keys
+    are another network's).
+    """
+    def indices(part: str) -> set[int]:
+        return {int(key.split(".")[1]) for key in state if key.startswith(part + ".")}
+
+    first = state.get("encoder.0.conv2d.weight")
+    down, up, body = indices("encoder"), indices("decoder"), indices("body")
+    if first is None or first.ndim != 4 or not body or len(down) - 1 != len(up):
+        return None
+    widths = [size for key, tensor in state.items()
+              if key.endswith("conv2d.weight") and key.startswith(("encoder.", "body.", "decoder."))
+              and not key.startswith("encoder.0.") for size in tensor.shape[:2]]  # (out, in) of every block conv
+    return ParseNetShape(steps=len(up), base_channels=int(first.shape[0]),
+                         channel_range=(min(widths), max(widths)), body_blocks=len(body))
 
 
 def load_face_parser(path: str | os.PathLike[str], *, device: str | torch.device,
@@ -137,7 +178,8 @@ def load_face_parser(path: str | os.PathLike[str], *, device: str | torch.device
     ``dtype``: float32 (the reference's), or bfloat16 (labels change only where classes nearly tie).
     """
     state = load_state_dict(path)
-    network = build_parsenet()
+    # The official file: the reference's configuration; not a ParseNet: load_strict says so, naming the file.
+    network = build_parsenet(parsenet_shape(state) or ParseNetShape())
     load_strict(network, state, path, "ParseNet")
     resolved = resolve_device(device)
     network.eval().to(resolved, dtype)
