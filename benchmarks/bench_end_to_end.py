@@ -29,17 +29,17 @@ Jobs (default flags: ``-w 0.5 -s 2``, RetinaFace ResNet-50, ParseNet, no upsampl
   :class:`benchmarks.reference_pipeline.KnownFaces` at the cost of dlib on the 640 px copy its
   helper detects on. Target (issue 24): ours at most 0.5x the original's wall time.
 
-The original (``--original DIR``; default jobs then photos, aligned, video_dlib and picture): its ``inference_codeformer.py``
-runs in the child process through ``runpy`` from a work folder that links the checkout's packages and
-holds the same random weights under the original's names (:mod:`benchmarks.original`; nothing is
-written into the checkout): ``-w 0.7 -s 2 --detection_model dlib`` on the photos, ``--has_aligned -w 0.5
--s 2`` on the aligned crops, ``-w 0.5 -s 2`` on the picture, where its RetinaFace runs on the picture
-(the cost) and hands on the known faces, as the other sides' do. It is not run on the video job's mp4
-(its video path needs the ``ffmpeg`` program and ffmpeg-python: video_dlib hands it the frames). Its time
-is the script's loop over the inputs, from the first ``clean_all`` to its end (imports, model building and weight loading before it excluded, as the other
-sides' load time is; its CPU time, which cannot be split so, is not compared); stages come from
-wrapping its classes in that process. Besides this repository's
-requirements it needs addict, future, lmdb, lpips, yapf and scikit-image from PyPI, and a
+The original (``--original DIR``; default jobs then photos, aligned, video_dlib and picture): its
+``inference_codeformer.py`` runs in the child process through ``runpy`` from a work folder that links the
+checkout's packages and holds the same random weights under the original's names
+(:mod:`benchmarks.original`; nothing is written into the checkout): ``-w 0.7 -s 2 --detection_model dlib``
+on the photos, ``--has_aligned -w 0.5 -s 2`` on the aligned crops, ``-w 0.5 -s 2`` on the picture, where
+its RetinaFace runs on the picture (the cost) and hands on the known faces, as the other sides' do. It is
+not run on the video job's mp4 (its video path needs the ``ffmpeg`` program and ffmpeg-python: video_dlib
+hands it the frames). Its time is the script's loop over the inputs, from the first ``clean_all`` to its
+end (imports, model building and weight loading before it excluded, as the other sides' load time is;
+its CPU time, which cannot be split so, is not compared); stages come from wrapping its classes in that
+process. Besides this repository's requirements it needs addict, future, lmdb, lpips, yapf and scikit-image from PyPI, and a
 ``basicsr/version.py`` (:mod:`benchmarks.original` says how). Printed and saved: each side's times,
 ours and the reference against the original (wall-time ratio), and output agreement with it.
 

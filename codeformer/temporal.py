@@ -71,7 +71,8 @@ class TemporalFaceRestorer:
 
     @property
     def held_frames(self) -> int:
-        """Frames waiting for the tracker's look-ahead (bounded by the window plus one batch)."""
+        """Frames waiting for the tracker's look-ahead (bounded by the window plus one batch; with
+        ``detect_ahead``, that many more calls' frames are being detected, not counted here)."""
         return len(self._held)
 
     def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:

@@ -93,10 +93,13 @@ def test_the_process_answers_as_the_detector_and_says_when_it_stopped(tmp_path: 
 
 
 class MeetingDetector(ApartDetector):
-    """Detects only once another process is detecting too: two children that do not run at once fail."""
+    """Detects only once another process is detecting too: two children that do not run at once fail.
+    Each call's process is also written, in order, to ``calls`` (a file beside ``seen``)."""
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         (self.seen / str(os.getpid())).touch()
+        with open(self.seen.parent / "calls", "a") as calls:
+            calls.write(f"{os.getpid()}\n")
         deadline = time.monotonic() + 30
         while len(_processes(self.seen)) < 2:
             if time.monotonic() > deadline:
@@ -106,15 +109,19 @@ class MeetingDetector(ApartDetector):
 
 
 def test_two_processes_detect_two_pictures_at_once_and_take_turns(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
     images = [picture(300, 200, seed=4), picture(200, 300, seed=5)]
     expected = [FakeDetector(ONE_FACE).detect(image) for image in images]
-    with DetectionProcess(MeetingDetector(tmp_path), processes=2) as apart, ThreadPoolExecutor(2) as threads:
+    with DetectionProcess(MeetingDetector(seen), processes=2) as apart, ThreadPoolExecutor(2) as threads:
         assert apart.processes == 2
-        found = list(threads.map(apart.detect, images))
-        for _ in range(3):  # one caller alone: the children take turns (first in, first out)
+        found = list(threads.map(apart.detect, images))  # each waits until the other process detects too
+        for _ in range(4):  # one caller alone: the children take turns (first in, first out)
             apart.detect(images[0])
-    assert len(_processes(tmp_path) - {os.getpid()}) == 2
+    assert len(_processes(seen) - {os.getpid()}) == 2
     assert [[f.box.tolist() for f in faces] for faces in found] == [[f.box.tolist() for f in faces] for faces in expected]
+    alone = (tmp_path / "calls").read_text().split()[2:]
+    assert len(alone) == 4 and all(a != b for a, b in zip(alone, alone[1:]))  # never the same child twice in a row
     assert all(child.process.poll() is not None for child in apart._children)  # closed with the block
 
 

@@ -95,7 +95,9 @@ def test_the_network_s_shape_is_read_from_the_file(saved_state: tuple[Path, dict
     (labels,) = small.labels([np.full((300, 300, 3), 90, np.uint8)])
     assert labels.shape == (PARSE_SIZE, PARSE_SIZE) and labels.min() >= 0 and labels.max() < 19
     decoder_cut = {name: tensor for name, tensor in official.items() if not name.startswith("decoder.3.")}
-    for state in (decoder_cut, {"body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}):
+    other_network = {"encoder.0.conv2d.weight": torch.zeros(8, 3, 3, 3), "encoder.conv.weight": torch.zeros(8, 8, 1, 1),
+                     "body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}
+    for state in (decoder_cut, {"body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}, other_network):
         assert parsenet_shape(state) is None  # no ParseNet for 512 px faces: loading it says so (test below)
 
 

@@ -105,7 +105,7 @@ class DetectionProcess:
             child.end_input()
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for child in self._children:
-            child.wait(deadline)
+            child.stop(deadline)
 
     def __enter__(self) -> "DetectionProcess":
         return self
@@ -143,20 +143,27 @@ class _Child:
         return _read_message(self._from_child)
 
     def end_input(self) -> None:
-        """Close the pipes: the child leaves once its current picture, if any, is done."""
-        for stream in (self._to_child, self._from_child):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        """Close its input: the child answers the picture it is on, if any, then leaves."""
+        try:
+            self._to_child.close()
+        except OSError:
+            pass  # it is gone already
 
-    def wait(self, deadline: float) -> None:
-        """Wait for the child to leave until ``deadline`` (time.monotonic()), then kill it."""
+    def stop(self, deadline: float) -> None:
+        """Wait for the child to leave until ``deadline`` (time.monotonic()), else kill it; then close its output.
+
+        The output is closed last: a thread of this process may still be reading the child's last answer
+        (closing the stream would wait for that read), and a killed child ends that read.
+        """
         try:
             self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        try:
+            self._from_child.close()
+        except OSError:
+            pass
 
     def _send(self, data: bytes) -> None:
         self._to_child.write(len(data).to_bytes(8, "little"))

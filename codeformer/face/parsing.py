@@ -156,12 +156,13 @@ def parsenet_shape(state: Mapping[str, torch.Tensor]) -> ParseNetShape | None:
     None when it is no ParseNet for 512 px faces (its decoder does not lead back to 512 px, or its keys
     are another network's).
     """
-    def indices(part: str) -> set[int]:
-        return {int(key.split(".")[1]) for key in state if key.startswith(part + ".")}
+    def indices(part: str) -> set[str]:
+        return {key.split(".")[1] for key in state if key.startswith(part + ".")}
 
     first = state.get("encoder.0.conv2d.weight")
     down, up, body = indices("encoder"), indices("decoder"), indices("body")
-    if first is None or first.ndim != 4 or not body or len(down) - 1 != len(up):
+    numbered = all(index.isdigit() for index in down | up | body)  # nn.Sequential's children: 0, 1, ...
+    if first is None or first.ndim != 4 or not body or not numbered or len(down) - 1 != len(up):
         return None
     widths = [size for key, tensor in state.items()
               if key.endswith("conv2d.weight") and key.startswith(("encoder.", "body.", "decoder."))

@@ -118,7 +118,7 @@ def run_batch(
 
     chunk_size = max(1, batch.chunk_size)
     chunks = [inputs[start:start + chunk_size] for start in range(0, len(inputs), chunk_size)]
-    # Helper threads load the chunks in order, ``loaders`` at once, up to ``loaders`` beyond the one being processed.
+    # Helper threads load the chunks in order, `loaders` at once, up to `loaders` beyond the one being processed.
     loaders = min(max(0, int(batch.load_ahead)), len(chunks)) if len(chunks) > 1 else 0
     ahead = ThreadPoolExecutor(loaders, thread_name_prefix="codeformer-load") if loaders else None
     upcoming: deque[Future[list[tuple[Path, object]]]] = deque()
