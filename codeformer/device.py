@@ -1,15 +1,24 @@
-"""Choosing the torch device from a command-line style name."""
+"""Choosing the torch device from a command-line style name.
+
+torch is imported when a device is resolved, not with this module: the command line's flags (and
+``--help``) list the choices without paying for it.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from codeformer.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)  # absent on some builds
     return backend is not None and backend.is_available()
 
@@ -20,6 +29,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     A ``torch.device`` is returned as it is. Asking for a GPU PyTorch cannot see raises
     :class:`CodeFormerError` instead of failing later.
     """
+    import torch
+
     if isinstance(name, torch.device):
         return name
     kind, _, index = name.strip().lower().partition(":")

@@ -29,8 +29,9 @@ from torch import nn
 
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError, OptionError
+from codeformer.face.alignment import gpen_template
 from codeformer.fidelity import fidelity_weight_for
-from codeformer.precision import DTYPES, cpu_has_native_bf16, resolve_precision
+from codeformer.precision import cpu_has_native_bf16, resolve_precision, torch_dtype
 from codeformer.restorer import BGR_TO_RGB, PIXEL_MAX, batch_to_crops, crops_to_batch, ffhq_template
 from codeformer.weights import load_state_dict
 
@@ -79,7 +80,7 @@ class NetworkRestorer:
         self.precision = resolved
         if resolved == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning("this CPU has no native bfloat16 instructions: bf16 will be slower than fp32")
-        self._dtype = DTYPES[resolved]
+        self._dtype = torch_dtype(resolved)
         self.net = net.eval().to(self.device, self._dtype)
         self._forward = forward
         self._to_crops = to_crops
@@ -89,7 +90,7 @@ class NetworkRestorer:
     def gpen_from_file(cls, path: str | os.PathLike[str], device: torch.device | str = "auto", *,
                        precision: str = "fp32", name: str = "gpen") -> NetworkRestorer:
         """A GPEN-BFR file (any size, read from the file) with GPEN's template and truncating output."""
-        from codeformer.archs.gpen import build_gpen, gpen_template
+        from codeformer.archs.gpen import build_gpen
 
         target = resolve_device(device)
         resolve_precision(precision, target)  # before the file is read

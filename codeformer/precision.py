@@ -33,16 +33,16 @@ import ctypes
 import logging
 import platform
 from pathlib import Path
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from codeformer.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DTYPES",
     "PRECISION_CHOICES",
     "SINGLE_ARENA_ENV",
     "apply_precision",
@@ -51,10 +51,13 @@ __all__ = [
     "cuda_has_native_bf16",
     "describe_precision",
     "resolve_precision",
+    "torch_dtype",
 ]
 
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-DTYPES: Mapping[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch dtype of each resolved precision, by attribute name: torch is imported when one is needed
+# (the command line's flags list the choices without it).
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 # /proc/cpuinfo flags of x86 instructions that compute bfloat16 dot products in hardware: with them
 # oneDNN's bf16 convolutions run 2-4x faster than float32 (measured: AVX512-BF16 on an AMD EPYC);
@@ -89,8 +92,19 @@ def _cpuinfo_flags() -> set[str]:
     return set()
 
 
+def torch_dtype(precision: str) -> torch.dtype:
+    """The dtype a resolved precision (``fp32``, ``bf16``, ``fp16``) computes in."""
+    import torch
+
+    if precision not in _DTYPE_NAMES:
+        raise ValueError(f"precision {precision!r} is not resolved; pass it through resolve_precision first")
+    return getattr(torch, _DTYPE_NAMES[precision])
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 dot products in hardware (x86 AVX512-BF16 or AMX-BF16)."""
+    import torch
+
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers
     for probe in probes:
         check = getattr(torch.cpu, probe, None)
@@ -101,6 +115,8 @@ def cpu_has_native_bf16() -> bool:
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """Whether a CUDA device has bfloat16 tensor cores (compute capability 8.0, Ampere, or newer)."""
+    import torch
+
     return torch.cuda.get_device_capability(device) >= CUDA_BF16_CAPABILITY
 
 
@@ -121,6 +137,8 @@ def resolve_precision(name: str, device: torch.device | str, *, native_bf16: boo
     :func:`cuda_has_native_bf16`). Explicit choices are checked: ``fp16`` is refused on the CPU
     (PyTorch computes it slowly there) and ``bf16`` on CUDA GPUs without bfloat16 support.
     """
+    import torch
+
     choice = name.strip().lower()
     if choice not in PRECISION_CHOICES:
         raise OptionError("precision", name, f"unknown precision; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -150,9 +168,9 @@ def apply_precision(net: torch.nn.Module, precision: str, device: torch.device) 
     The generator and the fusion blocks take the precision's dtype, channels-last on CPU and CUDA
     (faster convolutions there; MPS keeps NCHW); what decides the tokens stays float32 NCHW.
     """
-    if precision not in DTYPES:
-        raise ValueError(f"precision {precision!r} is not resolved; pass it through resolve_precision first")
-    net.set_decoder_precision(DTYPES[precision], channels_last=torch.device(device).type in ("cpu", "cuda"))
+    import torch
+
+    net.set_decoder_precision(torch_dtype(precision), channels_last=torch.device(device).type in ("cpu", "cuda"))
 
 
 def describe_precision(precision: str) -> str:
@@ -182,6 +200,8 @@ def configure_cpu_runtime(*, flush_denormal: bool = True, reuse_memory: bool = T
       the gain. Processes that run their work in threads they did not start (Ray's workers) need
       ``MALLOC_ARENA_MAX=1`` in their environment instead (:data:`SINGLE_ARENA_ENV`).
     """
+    import torch
+
     applied = []
     if flush_denormal and torch.set_flush_denormal(True):
         applied.append("flush denormals")

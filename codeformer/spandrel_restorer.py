@@ -53,7 +53,7 @@ from torch import nn
 from codeformer.device import resolve_device
 from codeformer.errors import CodeFormerError, OptionError
 from codeformer.fidelity import DEFAULT_FIDELITY_WEIGHT, fidelity_weight_for
-from codeformer.precision import DTYPES, cpu_has_native_bf16, resolve_precision
+from codeformer.precision import cpu_has_native_bf16, resolve_precision, torch_dtype
 from codeformer.restorer import (
     batch_to_crops,
     crops_to_batch,
@@ -299,7 +299,7 @@ class SpandrelRestorer:
         self.precision = _model_precision(precision, self.device, descriptor, self._arch)
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning("this CPU has no native bfloat16 instructions: bf16 will be slower than fp32")
-        self._dtype = DTYPES[self.precision]
+        self._dtype = torch_dtype(self.precision)
         self._descriptor = descriptor.to(self.device, self._dtype).eval()
         self.input_size: int = self._arch.input_size(descriptor.model)
         self.template: np.ndarray = ffhq_template(self.input_size)  # (5, 2) float64

@@ -14,11 +14,7 @@ import torch
 
 from checkpoint_factory import cached_codeformer_checkpoint
 
-_CHECKPOINT_FILES = {
-    "codeformer": "CodeFormer/codeformer.pth",
-    "colorization": "CodeFormer/codeformer_colorization.pth",
-    "inpainting": "CodeFormer/codeformer_inpainting.pth",
-}
+CODEFORMER_FILE = "CodeFormer/codeformer.pth"  # where the weights root holds the restoration checkpoint
 
 
 def _link(source: Path, destination: Path) -> None:
@@ -52,7 +48,7 @@ def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def restoration_weights(weights_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The weights root with a random ``CodeFormer/codeformer.pth``."""
-    _link(cached_codeformer_checkpoint(tmp_path_factory, "codeformer"), weights_root / _CHECKPOINT_FILES["codeformer"])
+    _link(cached_codeformer_checkpoint(tmp_path_factory, "codeformer"), weights_root / CODEFORMER_FILE)
     return weights_root
 
 
@@ -70,7 +66,7 @@ def small_restoration_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from codeformer.face.retinaface import build_retinaface
 
     root = tmp_path_factory.mktemp("small_weights")
-    write_small_codeformer_checkpoint(root / _CHECKPOINT_FILES["codeformer"], SMALL_CONFIG)
+    write_small_codeformer_checkpoint(root / CODEFORMER_FILE, SMALL_CONFIG)
     write_small_parsenet(root / "facelib" / "parsing_parsenet.pth")
     # A RetinaFace (MobileNet, the small one) that finds no face, for runs where faces do not matter.
     torch.manual_seed(0)
@@ -80,19 +76,6 @@ def small_restoration_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         state[f"ClassHead.{head}.conv1x1.bias"].copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
     torch.save(state, root / "facelib" / "detection_mobilenet0.25_Final.pth")
     return root
-
-
-@pytest.fixture(scope="session")
-def colorization_weights(weights_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _link(cached_codeformer_checkpoint(tmp_path_factory, "colorization"),
-          weights_root / _CHECKPOINT_FILES["colorization"])
-    return weights_root
-
-
-@pytest.fixture(scope="session")
-def inpainting_weights(weights_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _link(cached_codeformer_checkpoint(tmp_path_factory, "inpainting"), weights_root / _CHECKPOINT_FILES["inpainting"])
-    return weights_root
 
 
 @pytest.fixture(scope="session")

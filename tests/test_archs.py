@@ -134,17 +134,8 @@ def test_vqgan_file_loads_strictly_with_inferred_config(loaded):
     assert all(torch.equal(t, state[name]) for name, t in net.state_dict().items())
 
 
-def test_official_size_forward_shapes(loaded):
-    net = loaded["codeformer"][1]
-    x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.inference_mode():
-        out, logits, lq_feat = net(x, w=0.5, adain=True)
-    assert out.shape == (1, 3, 512, 512)
-    assert logits.shape == (1, 256, 1024)
-    assert lq_feat.shape == (1, 256, 16, 16)
-    assert torch.isfinite(out).all()
-    # random weights with a reasonable spread: the 256 positions do not collapse onto one code
-    assert logits.argmax(dim=2).unique().numel() > 10
+# The official size's forward (shapes, finite output, tokens spread over the codebook) runs once in the suite:
+# test_independent_codeformer.py, against an independent implementation.
 
 
 def test_wrong_input_size_is_refused(loaded):

@@ -31,13 +31,12 @@ from codeformer.archs import (
     build_gpen,
     build_restoreformer_pp,
     gpen_config_from_state_dict,
-    gpen_template,
     restoreformer_state_dict,
 )
-from codeformer.archs.gpen import GPEN_BFR_CONFIGS, GPEN_TEMPLATES, MAPPING_LR_MUL, blur_kernel
+from codeformer.archs.gpen import GPEN_BFR_CONFIGS, MAPPING_LR_MUL, blur_kernel
 from codeformer.archs.restoreformer_pp import MODEL_PREFIX, RESTOREFORMER_PP_TEMPLATE_5
 from codeformer.errors import CodeFormerError
-from codeformer.face.alignment import FFHQ_TEMPLATE_5
+from codeformer.face.alignment import CROP_TEMPLATES, FFHQ_TEMPLATE_5, gpen_template
 
 DATA = Path(__file__).resolve().parent / "data"
 GPEN_LAYOUTS = DATA / "gpen_layouts.json"
@@ -302,7 +301,8 @@ ORIGINAL_GPEN_TEMPLATES = {
 @pytest.mark.parametrize("size", sorted(ORIGINAL_GPEN_TEMPLATES))
 def test_gpen_templates_are_the_original_points(size):
     assert [list(p) for p in gpen_template(size)] == ORIGINAL_GPEN_TEMPLATES[size]  # bit-identical
-    assert GPEN_TEMPLATES[size] == gpen_template(size)
+    # The crop template the registry gives GPEN models: the same points as fractions of the side.
+    assert np.array_equal(CROP_TEMPLATES["gpen"] * size, np.array(gpen_template(size)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import codeformer
-from codeformer.archs import GPENConfig, RestoreFormerPPConfig, gpen_template
+from codeformer.archs import GPENConfig, RestoreFormerPPConfig
 from codeformer.archs.restoreformer_pp import MODEL_PREFIX
-from codeformer.face.alignment import FFHQ_TEMPLATE_5, TEMPLATES, estimate_alignment, transform_points
+from codeformer.face.alignment import FFHQ_TEMPLATE_5, TEMPLATES, estimate_alignment, gpen_template, transform_points
 from codeformer.network_restorer import NetworkRestorer, truncated_crops
 from codeformer.options import RestoreOptions
 from codeformer.restoration import alignment_template

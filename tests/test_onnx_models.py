@@ -29,9 +29,8 @@ from codeformer.archs import (  # noqa: E402
     RestoreFormerPP,
     RestoreFormerPPConfig,
     build_codeformer,
-    gpen_template,
 )
-from codeformer.face.alignment import CROP_TEMPLATES  # noqa: E402
+from codeformer.face.alignment import CROP_TEMPLATES, gpen_template  # noqa: E402
 from codeformer.network_restorer import NetworkRestorer  # noqa: E402
 from codeformer.onnx_export import OnnxRestorer, export_onnx  # noqa: E402
 from codeformer.restorer import FaceRestorer, ffhq_template  # noqa: E402

@@ -153,12 +153,19 @@ def test_from_file_checks_the_precision_before_reading(tmp_path):
 # ------------------------------------------------------------------ dtype plumbing
 
 
+def test_an_unresolved_precision_is_refused_before_anything_changes():
+    net = random_codeformer(TINY_CONFIG, seed=7)
+    with pytest.raises(ValueError, match="'auto' is not resolved; pass it through resolve_precision first"):
+        apply_precision(net, "auto", torch.device("cpu"))
+    assert net.decoder_dtype == torch.float32
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_only_the_generator_changes_dtype(precision):
     net = random_codeformer(TINY_CONFIG, seed=7)  # 64 px crops: the dtypes do not depend on the size
     apply_precision(net, precision, torch.device("cpu"))  # fp16 on CPU: plumbing only (GPUs run it)
-    dtype = precision_module.DTYPES[precision]
-    assert net.decoder_dtype == dtype
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert precision_module.torch_dtype(precision) == dtype and net.decoder_dtype == dtype
     for name, tensor in net.state_dict().items():
         in_decoder = name.startswith(("generator.", "fuse_convs_dict."))
         assert tensor.dtype == (dtype if in_decoder else torch.float32), name

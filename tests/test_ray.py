@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +34,8 @@ from codeformer.precision import SINGLE_ARENA_ENV
 from codeformer.jobs.ray.video import FrameIndex, index_frames, plan_segments
 from codeformer.jobs.local import restore_aligned_files, restore_picture_files, restore_video_file
 from codeformer.jobs.report import REPORT_NAME as FACE_REPORT_NAME, FaceReport
-from test_pipeline import FakeDetector, picture, small_pipeline
+from ray_recipe import SmallRecipe
+from test_pipeline import picture
 from video_factory import make_clip
 
 ray = pytest.importorskip("ray")
@@ -45,27 +45,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 TWO_WORKERS = Workers(count=2, cpus=1, gpus=0)  # one torch thread each: the reference runs with one too
-
-
-ONE_FACE = ((0.5, 0.5),)  # where the fake detector finds a face (a face costs 0.4 s even on the small network)
-
-
-@dataclass(frozen=True)
-class SmallRecipe:
-    """The small network with a one-face fake detector (whole pictures) or none (aligned faces), built on a worker."""
-
-    aligned: bool = False
-    batch_size: int = 3
-    device: str = "cpu"
-
-    def build(self):
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-            # A worker must run with one malloc arena (see run_dataset): else its thread is slow.
-            assert os.environ.get("MALLOC_ARENA_MAX") == "1", "the worker was started without MALLOC_ARENA_MAX=1"
-        pipeline = small_pipeline(FakeDetector(ONE_FACE))
-        pipeline.detector = None if self.aligned else pipeline.detector
-        pipeline.batch_size = self.batch_size
-        return pipeline, pipeline.options(fidelity_weight=0.6, upscale=2)
 
 
 @contextlib.contextmanager

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint_factory import random_codeformer
+from checkpoint_factory import TINY_CONFIG, random_codeformer
 from codeformer.face.alignment import FFHQ_TEMPLATE_5
 from codeformer.face.detection import DetectedFace
 from codeformer.options import RestoreOptions
 from codeformer.restoration import Models
 from codeformer.temporal import TemporalFaceRestorer
 from codeformer.restorer import FaceRestorer
-from test_pipeline import SMALL_CONFIG, picture
+from test_pipeline import picture
 
 FRAMES = 14
 MISSED = {6, 7}  # frames where the detector finds nothing
@@ -46,7 +46,7 @@ class JitteryDetector:
 
 @pytest.fixture(scope="module")
 def restorer() -> FaceRestorer:
-    return FaceRestorer(random_codeformer(SMALL_CONFIG, seed=5), "cpu")
+    return FaceRestorer(random_codeformer(TINY_CONFIG, seed=5), "cpu")  # 64 px crops: the size does not matter
 
 
 def run(restorer: FaceRestorer, batch: int = 4):

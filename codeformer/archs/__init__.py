@@ -8,7 +8,7 @@ from codeformer.archs.codeformer import (
     build_codeformer,
     codeformer_config_from_state_dict,
 )
-from codeformer.archs.gpen import GPEN, GPENConfig, build_gpen, gpen_config_from_state_dict, gpen_template
+from codeformer.archs.gpen import GPEN, GPENConfig, build_gpen, gpen_config_from_state_dict
 from codeformer.archs.restoreformer_pp import (
     RestoreFormerPP,
     RestoreFormerPPConfig,
@@ -33,7 +33,6 @@ __all__ = [
     "build_vqgan",
     "codeformer_config_from_state_dict",
     "gpen_config_from_state_dict",
-    "gpen_template",
     "restoreformer_pp_config_from_state_dict",
     "restoreformer_state_dict",
     "vqgan_config_from_state_dict",

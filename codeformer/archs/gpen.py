@@ -35,10 +35,11 @@ Pre/post-processing of the original inference code (``face_model/face_gan.py``, 
   RGB crops without the flip: the network sees RGB in [-1, 1] either way, with the same truncation.
 
 Alignment (``align_faces.py``, ``face_enhancement.py``): a similarity transform (Umeyama, with
-scale) from the 5 RetinaFace points onto :func:`gpen_template` (``get_reference_facial_points(
-(S, S), inner_padding_factor=0.25, outer_padding=(0, 0), default_square=True)``, cast to float32),
+scale) from the 5 RetinaFace points onto :func:`codeformer.face.alignment.gpen_template`
+(``get_reference_facial_points((S, S), inner_padding_factor=0.25, outer_padding=(0, 0),
+default_square=True)``, cast to float32),
 applied by ``cv2.warpAffine(..., flags=3)`` (INTER_AREA, which warpAffine treats as bilinear) with a
-black constant border. :data:`GPEN_TEMPLATES` lists the points per size. Around the network the
+black constant border. Around the network the
 original skips detections scoring under 0.9, blurs the restored crop with a 3x3 Gaussian for faces
 whose box is under 100 px, blends ``alpha * restored + (1 - alpha) * crop`` (``--alpha``, default 1)
 and pastes back with a face-parsing mask.
@@ -407,34 +408,6 @@ class GPEN(nn.Module):
         latent = self.final_linear(x.flatten(1))  # (N, D)
         return self.generator(latent, features[::-1])
 
-
-def gpen_template(size: int) -> tuple[tuple[float, float], ...]:
-    """The 5 reference points GPEN aligns an S x S crop to (left eye, right eye, nose, mouth left, right).
-
-    The reference's ``get_reference_facial_points((S, S), 0.25, (0, 0), True)``: the 96x112
-    ArcFace-style points shifted 8 px right to a 112x112 square, padded by 25% of 112 on each side
-    (28 px) to 168x168, scaled to S / 168 (computed in float64 in the same order, so the values are
-    bit-identical). The reference casts them to float32 before fitting the similarity.
-    """
-    scale = float(size) / SQUARE_SIDE
-    return tuple(
-        ((x + SQUARE_SHIFT + INNER_PAD) * scale, (y + INNER_PAD) * scale) for x, y in ARCFACE_POINTS_96X112
-    )
-
-
-# The 5 points of ``REFERENCE_FACIAL_POINTS`` on a 96x112 crop in align_faces.py.
-ARCFACE_POINTS_96X112 = (
-    (30.29459953, 51.69630051),
-    (65.53179932, 51.50139999),
-    (48.02519989, 71.73660278),
-    (33.54930115, 92.3655014),
-    (62.72990036, 92.20410156),
-)
-SQUARE_SHIFT = (112 - 96) / 2  # default_square: 96x112 -> 112x112, points move right by half the difference
-INNER_PAD = 112 * 0.25 * 2 / 2  # inner_padding_factor 0.25: 56 px more per side length, half of it before
-SQUARE_SIDE = 112 + 56  # the padded square the points live in before scaling to S
-# The templates of the official sizes, as the reference computes them.
-GPEN_TEMPLATES: Mapping[int, tuple[tuple[float, float], ...]] = {s: gpen_template(s) for s in (256, 512, 1024, 2048)}
 
 # The published GPEN-BFR files' configurations, by file name (their files are in codeformer.weights).
 GPEN_BFR_CONFIGS: Mapping[str, GPENConfig] = {

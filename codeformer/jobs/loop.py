@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
-
-import torch
 
 from codeformer.errors import CodeFormerError
 from codeformer.progress import Progress
@@ -47,7 +46,10 @@ def describe_failure(error: BaseException) -> str:
     """One line for a failure: the user-facing message, or the type and text of an unexpected error."""
     if isinstance(error, CodeFormerError):
         return str(error)
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+    # A torch error can only come from a process that imported torch: asking here imports nothing.
+    torch = sys.modules.get("torch")
+    out_of_memory = (MemoryError,) if torch is None else (MemoryError, torch.OutOfMemoryError)
+    if isinstance(error, out_of_memory):
         return "out of memory: try a smaller batch size or upsampler tile, or the CPU"
     text = " ".join(str(error).split()) or "no details"
     return f"unexpected error ({type(error).__name__}: {text[:300]})"
