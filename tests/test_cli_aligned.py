@@ -244,18 +244,19 @@ def test_vqgan_rejects_a_codeformer_checkpoint(face_folder: Path, restoration_we
     assert code == 1 and "is a CodeFormer checkpoint, not a VQGAN one" in err and "Traceback" not in err
 
 
-def test_precision_auto_is_reported_and_fp16_on_cpu_refused(face_folder: Path, restoration_weights: Path,
+def test_precision_auto_is_reported_and_fp16_on_cpu_refused(face_folder: Path, small_restoration_weights: Path,
                                                             tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """What ``auto`` chose is reported (the small network: the official size's bf16 accuracy is test_precision's)."""
     import torch
 
     from codeformer.precision import describe_precision, resolve_precision
 
     code = restore_main(["--has_aligned", "-i", str(face_folder / "colour.png"), "-o", str(tmp_path),
-                         "--weights_dir", str(restoration_weights), "--device", "cpu", "--precision", "auto"])
+                         "--weights_dir", str(small_restoration_weights), "--device", "cpu", "--precision", "auto"])
     err = capfd.readouterr().err
     assert code == 0
     assert describe_precision(resolve_precision("auto", torch.device("cpu"))) in err
-    assert read_image(tmp_path / "restored_faces" / "colour.png").width == 512
+    assert read_image(tmp_path / "restored_faces" / "colour.png").width == SMALL_FACE
 
     # Refused before anything is downloaded: the (empty) weights root stays untouched, in both modes.
     empty = tmp_path / "no_weights"

@@ -62,7 +62,8 @@ def _sideways_jpeg(path: Path, upright_bgr: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> Path:
-    """Every kind of picture a folder can hold; four have the astronaut's face, one has none, one is broken."""
+    """Every kind of picture a folder can hold; four have the astronaut's face, one is broken (a picture without
+    faces is test_a_picture_without_faces_is_the_upscaled_picture's: dlib's time on it is better spent elsewhere)."""
     folder = tmp_path_factory.mktemp("pictures")
     _save(folder / "rgba.png", np.dstack([astronaut_bgr, np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512)]))
     _save(folder / "deep.png", _deep(astronaut_bgr))
@@ -70,9 +71,6 @@ def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.n
     # Gray, another size, and a name in another script, in one picture.
     gray = cv2.cvtColor(cv2.resize(astronaut_bgr, (400, 400), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
     _save(folder / "照片.png", gray)
-    # Not square, short side 512: the reference's detection scales smaller pictures up to that (dlib's time grows
-    # with the pixels it sees, so hardly more than that).
-    _save(folder / "blank.png", np.full((512, 528, 3), 120, np.uint8))
     (folder / "truncated.png").write_bytes(_save(folder / "tmp.png", astronaut_bgr).read_bytes()[:5000])
     (folder / "tmp.png").unlink()
     return folder
@@ -91,7 +89,7 @@ def test_output_layout_and_exit_code(folder_run, picture_folder: Path) -> None:
     code, out, before = folder_run
     assert code == 1  # truncated.png failed, the rest ran
     finals = sorted(p.name for p in (out / "final_results").iterdir())
-    assert finals == ["blank.png", "deep.png", "rgba.png", "sideways.png", "照片.png"]
+    assert finals == ["deep.png", "rgba.png", "sideways.png", "照片.png"]
     faces = sorted(p.name for p in (out / "restored_faces").iterdir())
     assert faces == ["deep_00.png", "rgba_00.png", "sideways_00.png", "照片_00.png"]
     assert sorted(p.name for p in (out / "cropped_faces").iterdir()) == faces
@@ -102,7 +100,23 @@ def test_output_is_input_size_times_s(folder_run) -> None:
     _, out, _ = folder_run
     sizes = {p.name: read_image(p).bgr.shape[:2] for p in (out / "final_results").iterdir()}
     assert sizes["rgba.png"] == (1024, 1024) and sizes["照片.png"] == (800, 800)
-    assert sizes["blank.png"] == (1024, 1056)  # no face: just the upscaled picture
+
+
+def test_a_picture_without_faces_is_the_upscaled_picture(tmp_path: Path, small_restoration_weights: Path) -> None:
+    """No face found (the small weights' RetinaFace finds none): the final picture is the input upscaled, no face
+    files; not square, so that width and height are each scaled."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    blank = np.full((512, 528, 3), 120, np.uint8)
+    _save(inputs / "blank.png", blank)
+    out = tmp_path / "out"
+    code = restore_main(["-i", str(inputs), "-o", str(out), "--detection_model", "retinaface_mobile0.25",
+                         "--weights_dir", str(small_restoration_weights), "--device", "cpu", "-s", "2", "-q"])
+    assert code == 0
+    final = read_image(out / "final_results" / "blank.png").bgr
+    assert np.array_equal(final, cv2.resize(blank, (1056, 1024), interpolation=cv2.INTER_LINEAR))
+    assert not any((out / folder).exists() and any((out / folder).iterdir())
+                   for folder in ("restored_faces", "cropped_faces"))
 
 
 def test_rgba_keeps_alpha(folder_run) -> None:
@@ -155,14 +169,14 @@ def test_skip_existing_resumes(folder_run, picture_folder: Path, small_restorati
                          "--weights_dir", str(small_restoration_weights), "--device", "cpu"])
     err = capfd.readouterr().err
     assert code == 1 and "truncated.png" in err  # only the bad file is tried again
-    assert "skipped 5" in err
+    assert "skipped 4" in err
     assert {p.name: p.stat().st_mtime_ns for p in (out / "final_results").iterdir()} == stamp
 
 
 def test_unknown_detector_is_a_usage_error_listing_valid_names(picture_folder: Path, tmp_path: Path,
                                                                 capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:  # refused while parsing: nothing is loaded
-        restore_main(["-i", str(picture_folder / "blank.png"), "-o", str(tmp_path / "out"), "--detection_model",
+        restore_main(["-i", str(picture_folder / "rgba.png"), "-o", str(tmp_path / "out"), "--detection_model",
                       "yolo", "--device", "cpu", "-q"])
     err = capfd.readouterr().err
     assert caught.value.code == 2 and "'yolo'" in err and "retinaface_resnet50" in err and "YOLOv5n" in err

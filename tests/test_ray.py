@@ -1,7 +1,7 @@
 """Cluster jobs on a local Ray instance: the same bytes as one machine, resuming, failures, URLs, video segments.
 
 One Ray instance for the module (2 CPUs, no dashboard, shut down at the end) runs the library's jobs
-with the small network of ``test_pipeline`` and its fake detector finding one face (workers build it
+with the 64 px network of ``test_pipeline`` and its fake detector finding one face (workers build it
 from :class:`SmallRecipe`, so they import this folder: it is on their ``PYTHONPATH``). One command line
 run with ``--ray local`` starts and stops an instance of its own, in a subprocess.
 """
