@@ -62,8 +62,8 @@ def _sideways_jpeg(path: Path, upright_bgr: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> Path:
-    """Every kind of picture a folder can hold; four have the astronaut's face, one is broken (a picture without
-    faces is test_a_picture_without_faces_is_the_upscaled_picture's: dlib's time on it is better spent elsewhere)."""
+    """Every kind of picture a folder can hold; four have the astronaut's face, one is broken. (A picture without
+    faces has a test of its own on a detector that costs nothing: dlib spends seconds on any 512 px picture.)"""
     folder = tmp_path_factory.mktemp("pictures")
     _save(folder / "rgba.png", np.dstack([astronaut_bgr, np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512)]))
     _save(folder / "deep.png", _deep(astronaut_bgr))
