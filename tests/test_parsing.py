@@ -97,7 +97,10 @@ def test_the_network_s_shape_is_read_from_the_file(saved_state: tuple[Path, dict
     decoder_cut = {name: tensor for name, tensor in official.items() if not name.startswith("decoder.3.")}
     other_network = {"encoder.0.conv2d.weight": torch.zeros(8, 3, 3, 3), "encoder.conv.weight": torch.zeros(8, 8, 1, 1),
                      "body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}
-    for state in (decoder_cut, {"body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}, other_network):
+    too_deep = {"encoder.0.conv2d.weight": torch.zeros(8, 3, 3, 3), "body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3),
+                **{f"encoder.{i}.conv2d.weight": torch.zeros(8, 8, 3, 3) for i in range(1, 11)},
+                **{f"decoder.{i}.conv2d.weight": torch.zeros(8, 8, 3, 3) for i in range(10)}}  # 10 halvings of 512 px
+    for state in (decoder_cut, {"body.0.conv1.conv2d.weight": torch.zeros(8, 8, 3, 3)}, other_network, too_deep):
         assert parsenet_shape(state) is None  # no ParseNet for 512 px faces: loading it says so (test below)
 
 

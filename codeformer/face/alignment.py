@@ -90,19 +90,6 @@ DLIB_TEMPLATE_5 = _read_only(np.array(_DLIB_TEMPLATE_5_AT_1024) / _DLIB_TEMPLATE
 # Template by the name a detector gives its landmark order (``FaceDetector.template_name``).
 TEMPLATES: Mapping[str, np.ndarray] = MappingProxyType({"ffhq": FFHQ_TEMPLATE_5, "dlib": DLIB_TEMPLATE_5})
 
-def gpen_template(size: int) -> tuple[tuple[float, float], ...]:
-    """The 5 reference points GPEN aligns an S x S crop to (left eye, right eye, nose, mouth left, right).
-
-    The reference's ``get_reference_facial_points((S, S), 0.25, (0, 0), True)``: the 96x112
-    ArcFace-style points shifted 8 px right to a 112x112 square, padded by 25% of 112 on each side
-    (28 px) to 168x168, scaled to S / 168 (computed in float64 in the same order, so the values are
-    bit-identical). The reference casts them to float32 before fitting the similarity.
-    """
-    scale = float(size) / _GPEN_SQUARE_SIDE
-    shift = _GPEN_SQUARE_SHIFT + _GPEN_INNER_PAD
-    return tuple(((x + shift) * scale, (y + _GPEN_INNER_PAD) * scale) for x, y in _GPEN_POINTS_96X112)
-
-
 # GPEN's alignment (its align_faces.py): the 5 points of ``REFERENCE_FACIAL_POINTS`` on a 96x112 crop.
 _GPEN_POINTS_96X112 = (
     (30.29459953, 51.69630051),
@@ -114,6 +101,19 @@ _GPEN_POINTS_96X112 = (
 _GPEN_SQUARE_SHIFT = (112 - 96) / 2  # default_square: 96x112 -> 112x112, points move right by half the difference
 _GPEN_INNER_PAD = 112 * 0.25 * 2 / 2  # inner_padding_factor 0.25: 56 px more per side length, half of it before
 _GPEN_SQUARE_SIDE = 112 + 56  # the padded square the points live in before scaling to S
+
+
+def gpen_template(size: int) -> tuple[tuple[float, float], ...]:
+    """The 5 reference points GPEN aligns an S x S crop to (left eye, right eye, nose, mouth left, right).
+
+    The reference's ``get_reference_facial_points((S, S), 0.25, (0, 0), True)``: the 96x112
+    ArcFace-style points shifted 8 px right to a 112x112 square, padded by 25% of 112 on each side
+    (28 px) to 168x168, scaled to S / 168 (computed in float64 in the same order, so the values are
+    bit-identical). The reference casts them to float32 before fitting the similarity.
+    """
+    scale = float(size) / _GPEN_SQUARE_SIDE
+    shift = _GPEN_SQUARE_SHIFT + _GPEN_INNER_PAD
+    return tuple(((x + shift) * scale, (y + _GPEN_INNER_PAD) * scale) for x, y in _GPEN_POINTS_96X112)
 
 
 # Where the 5 FFHQ-order landmarks sit in a restorer's crops, as fractions of the crop's side, by the

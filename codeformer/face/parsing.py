@@ -35,6 +35,7 @@ __all__ = ["FaceParser", "ParseNetShape", "build_parsenet", "load_face_parser", 
 
 PARSE_SIZE = 512  # ParseNet's input and output side (the reference's in_size = out_size = 512)
 PARSE_CLASSES = 19  # CelebAMask-HQ classes: background, skin, brows, eyes, ..., hair, hat, ...
+MAX_PARSE_STEPS = 8  # halvings of PARSE_SIZE a ParseNet can make (to 2 px feature maps)
 DEFAULT_BATCH_SIZE = 8
 # The reference normalises each RGB channel in [0, 1] with mean 0.5 and std 0.5, i.e. to [-1, 1].
 _NORM_MEAN = 0.5
@@ -162,7 +163,9 @@ def parsenet_shape(state: Mapping[str, torch.Tensor]) -> ParseNetShape | None:
     first = state.get("encoder.0.conv2d.weight")
     down, up, body = indices("encoder"), indices("decoder"), indices("body")
     numbered = all(index.isdigit() for index in down | up | body)  # nn.Sequential's children: 0, 1, ...
-    if first is None or first.ndim != 4 or not body or not numbered or len(down) - 1 != len(up):
+    # Each step halves 512 px: beyond MAX_PARSE_STEPS no feature map would be left (facexlib's constructor fails).
+    if first is None or first.ndim != 4 or not body or not numbered or len(down) - 1 != len(up) \
+            or not 0 < len(up) <= MAX_PARSE_STEPS:
         return None
     widths = [size for key, tensor in state.items()
               if key.endswith("conv2d.weight") and key.startswith(("encoder.", "body.", "decoder."))
