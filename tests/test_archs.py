@@ -56,7 +56,8 @@ OFFICIAL_CONFIGS = {
 SMALL_SIDE = 128  # input side of the small test network: 4x4 latent grid
 # Small CodeFormer for the forward semantics: the full VQGAN and all four fusion blocks, a 4x4
 # latent grid and a narrow 2-layer Transformer, so that a forward pass is cheap.
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2)
+SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2,
+                                base_channels=32)
 # Batch vs single forward: only float rounding may differ, 1e-5 of the tensor's largest magnitude
 # (random weights drive features and outputs to about +-10, real faces stay near [-1, 1]).
 BATCH_TOLERANCE = 1e-5
@@ -188,6 +189,12 @@ def test_wrong_shape_and_unexpected_keys_are_named(meta_codeformer_state):
     assert "wrong shape for quantize.embedding.weight (file [512, 256], expected [1024, 256])" in message
 
 
+def test_a_base_width_the_groupnorms_cannot_split_is_refused(meta_codeformer_state):
+    state = dict(meta_codeformer_state, **{"encoder.blocks.0.weight": torch.empty(48, 3, 3, 3, device="meta")})
+    with pytest.raises(CodeFormerError, match="cf.pth is not a supported CodeFormer checkpoint: base width 48"):
+        build_codeformer(state, source="cf.pth")
+
+
 def test_unknown_fusion_resolution_is_refused(meta_codeformer_state):
     state = dict(meta_codeformer_state, **{"fuse_convs_dict.99.scale.0.weight": torch.empty(1, device="meta")})
     with pytest.raises(CodeFormerError, match=r"unknown resolutions \['99'\]"):
@@ -200,6 +207,8 @@ def test_constructor_validates_arguments():
             CodeFormer(connect_list=("48",))
         with pytest.raises(ValueError, match="square"):
             CodeFormer(latent_size=200)
+        with pytest.raises(ValueError, match="base_channels 48 is not a positive multiple of 32"):
+            CodeFormer(base_channels=48)
         with pytest.raises(ValueError, match="quantizer"):
             VQAutoEncoder(quantizer="gumbel")
         # reference-only training arguments are accepted

@@ -28,7 +28,7 @@ from codeformer.restorer import FaceRestorer
 from codeformer.weights import WEIGHTS
 
 SIDE = 128  # crops of the small network
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SIDE // 32) ** 2)
+SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SIDE // 32) ** 2, base_channels=32)
 # Two faces, each given by where its 5 FFHQ landmarks are, as fractions of the picture's width and height.
 FACE_CENTRES = ((0.3, 0.45), (0.72, 0.55))
 FACE_WIDTH = 0.25  # eye-to-mouth template spread, as a fraction of the picture width

@@ -31,7 +31,8 @@ from codeformer.precision import apply_precision, resolve_precision
 from codeformer.restorer import FaceRestorer, crops_to_batch
 
 SMALL_SIDE = 128  # small test network: the full VQGAN, a 4x4 latent grid, a narrow Transformer
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2)
+SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2,
+                                base_channels=32)
 MIN_PSNR_DB = 30.0  # fast modes against fp32
 MIN_TOKEN_AGREEMENT = 0.99  # share of code tokens identical to fp32's
 # fp32 against float64: float rounding only, relative to the output's largest magnitude (random

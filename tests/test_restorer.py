@@ -15,7 +15,8 @@ from codeformer.errors import CodeFormerError
 from codeformer.restorer import FaceRestorer, batch_to_crops, crops_to_batch
 
 SMALL_SIDE = 128  # crops of the small test network (4x4 latent grid): 16x cheaper than 512
-SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2)
+SMALL_CONFIG = CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=(SMALL_SIDE // 32) ** 2,
+                                base_channels=32)
 
 
 def smooth_crop(seed: int, side: int) -> np.ndarray:

@@ -287,7 +287,7 @@ def test_a_codeformer_file_given_as_model_loads_as_codeformer(tmp_path: Path) ->
     from codeformer.archs import CodeFormerConfig
     from codeformer.restorer import FaceRestorer
 
-    small = random_codeformer(CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=16))
+    small = random_codeformer(CodeFormerConfig(dim_embd=64, n_head=8, n_layers=2, latent_size=16, base_channels=32))
     path = tmp_path / "my_codeformer.pth"
     torch.save({"params_ema": small.state_dict()}, path)
     pipe = codeformer.load_pipeline(str(path), detector=None, device="cpu")

@@ -20,7 +20,7 @@ The forward pass:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeformer.archs.vqgan import (
+    GROUP_NORM_GROUPS,
     Encoder,
     IMAGE_CHANNELS,
     Generator,
@@ -51,8 +52,8 @@ DOWNSAMPLE_FACTOR = 2 ** (len(CODEFORMER_VQGAN.ch_mult) - 1)
 # the reference fuses before the attention block).
 ENCODER_FEATURE_BLOCK = {"512": 2, "256": 5, "128": 8, "64": 11, "32": 14, "16": 18}
 GENERATOR_FUSE_BLOCK = {"16": 6, "32": 9, "64": 12, "128": 15, "256": 18, "512": 21}
-# Channel width of those feature maps (nf * ch_mult of the level).
-FUSE_CHANNELS = {"16": 512, "32": 256, "64": 256, "128": 128, "256": 128, "512": 64}
+# Channel multiplier of those feature maps (their width is nf * this: 512 ... 64 for the official nf 64).
+FUSE_CHANNEL_MULTIPLIER = {"16": 8, "32": 4, "64": 4, "128": 2, "256": 2, "512": 1}
 
 # Transformer constants of the reference.
 MLP_RATIO = 2  # MLP width = MLP_RATIO * dim_embd
@@ -71,6 +72,9 @@ class CodeFormerConfig:
     latent_size: int = 256  # latent positions: 16x16 for 512x512 faces
     # CFT fusion resolutions (the colorization and inpainting models stop at 128)
     connect_list: tuple[str, ...] = ("32", "64", "128", "256")
+    # The VQGAN's base width (its first conv's channels). Every official file has 64; a narrower network
+    # (a multiple of 32, for the GroupNorms) runs the same faces with a fraction of the arithmetic.
+    base_channels: int = CODEFORMER_VQGAN.nf
 
 
 def calc_mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,20 +185,27 @@ class CodeFormer(nn.Module):
         latent_size: int = 256,
         connect_list: Sequence[str] = ("32", "64", "128", "256"),
         fix_modules: Sequence[str] | None = None,
+        *,
+        base_channels: int = CODEFORMER_VQGAN.nf,
     ) -> None:
         super().__init__()
         del fix_modules  # freezing modules only matters for training
         connect_list = tuple(str(size) for size in connect_list)
-        unknown = [size for size in connect_list if size not in FUSE_CHANNELS]
+        unknown = [size for size in connect_list if size not in FUSE_CHANNEL_MULTIPLIER]
         if unknown:
-            raise ValueError(f"connect_list entries {unknown} are not among {list(FUSE_CHANNELS)}")
+            raise ValueError(f"connect_list entries {unknown} are not among {list(FUSE_CHANNEL_MULTIPLIER)}")
+        if base_channels <= 0 or base_channels % GROUP_NORM_GROUPS:
+            raise ValueError(f"base_channels {base_channels} is not a positive multiple of {GROUP_NORM_GROUPS} "
+                             "(the GroupNorms' groups)")
         side = math.isqrt(latent_size)
         if side * side != latent_size:
             raise ValueError(f"latent_size {latent_size} is not a square number of positions")
-        self.config = CodeFormerConfig(dim_embd, n_head, n_layers, codebook_size, latent_size, connect_list)
+        self.config = CodeFormerConfig(
+            dim_embd, n_head, n_layers, codebook_size, latent_size, connect_list, base_channels
+        )
         self.image_size = side * DOWNSAMPLE_FACTOR  # the input side length the position embedding fits
 
-        vq = CODEFORMER_VQGAN
+        vq = replace(CODEFORMER_VQGAN, nf=base_channels)
         self.encoder = Encoder(
             IMAGE_CHANNELS, vq.nf, vq.emb_dim, vq.ch_mult, vq.res_blocks, vq.img_size, vq.attn_resolutions
         )
@@ -208,7 +219,7 @@ class CodeFormer(nn.Module):
         )
         self.idx_pred_layer = nn.Sequential(nn.LayerNorm(dim_embd), nn.Linear(dim_embd, codebook_size, bias=False))
         self.fuse_convs_dict = nn.ModuleDict(
-            {size: FuseSFTBlock(FUSE_CHANNELS[size], FUSE_CHANNELS[size]) for size in connect_list}
+            {size: FuseSFTBlock(*(base_channels * FUSE_CHANNEL_MULTIPLIER[size],) * 2) for size in connect_list}
         )
         # block index -> connect_list entry, for the encoder taps and the generator fusions
         self._encoder_taps = {ENCODER_FEATURE_BLOCK[size]: size for size in connect_list}
@@ -305,7 +316,8 @@ def codeformer_config_from_state_dict(
 
     ``dim_embd`` and ``latent_size`` come from ``position_emb``, ``codebook_size`` from
     ``idx_pred_layer.1.weight``, ``n_layers`` from the ``ft_layers.<i>.*`` keys, ``connect_list``
-    from the ``fuse_convs_dict.<size>.*`` keys. Raises CodeFormerError for anything else.
+    from the ``fuse_convs_dict.<size>.*`` keys, ``base_channels`` from the first conv. Raises
+    CodeFormerError for anything else.
     """
     if "position_emb" not in state_dict and "quantize.embedding.weight" in state_dict:
         raise CodeFormerError(
@@ -318,11 +330,12 @@ def codeformer_config_from_state_dict(
     if not layers:
         raise CodeFormerError(f"{source} is not a CodeFormer checkpoint: missing ft_layers.*")
     sizes = _second_fields(state_dict, "fuse_convs_dict.")
-    unknown = sorted(sizes - FUSE_CHANNELS.keys())
+    unknown = sorted(sizes - FUSE_CHANNEL_MULTIPLIER.keys())
     if unknown:
         raise CodeFormerError(
             f"{source} is not a CodeFormer checkpoint: fuse_convs_dict has unknown resolutions {unknown}"
         )
+    first_conv = require_tensor(state_dict, "encoder.blocks.0.weight", 4, kind="CodeFormer", source=source)
     latent_size, dim_embd = position_emb.shape
     return CodeFormerConfig(
         dim_embd=dim_embd,
@@ -330,6 +343,7 @@ def codeformer_config_from_state_dict(
         codebook_size=predictor.shape[0],
         latent_size=latent_size,
         connect_list=tuple(sorted(sizes, key=int)),
+        base_channels=first_conv.shape[0],
     )
 
 
@@ -352,10 +366,15 @@ def build_codeformer(state_dict: Mapping[str, torch.Tensor], *, source: str = "s
             f"{source} is not a supported CodeFormer checkpoint: width {config.dim_embd} does not split "
             f"into {config.n_head} attention heads"
         )
+    if config.base_channels % GROUP_NORM_GROUPS:
+        raise CodeFormerError(
+            f"{source} is not a supported CodeFormer checkpoint: base width {config.base_channels} is not a "
+            f"multiple of {GROUP_NORM_GROUPS}"
+        )
     with torch.device("meta"):  # no random init: every parameter is replaced by the checkpoint's
         net = CodeFormer(
             config.dim_embd, config.n_head, config.n_layers, config.codebook_size, config.latent_size,
-            config.connect_list,
+            config.connect_list, base_channels=config.base_channels,
         )
     load_checkpoint_strictly(net, state_dict, kind="CodeFormer", source=source)
     return net.eval()
