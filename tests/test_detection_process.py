@@ -126,6 +126,43 @@ def test_two_processes_detect_two_pictures_at_once_and_take_turns(tmp_path: Path
     assert all(child.process.poll() is not None for child in apart._children)  # closed with the block
 
 
+class EndlessDetector(ApartDetector):
+    """Notes that it started, then detects for ten minutes."""
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        (self.seen / "started").touch()
+        time.sleep(600)
+        return super().detect(image)
+
+
+def test_leaving_on_ctrl_c_kills_a_detection_under_way_at_once(tmp_path: Path, monkeypatch) -> None:
+    """A job left by Ctrl-C or an error does not wait for the child's answer (a dlib picture takes seconds)."""
+    from codeformer.face import detection_process
+
+    monkeypatch.setattr(detection_process, "STOP_TIMEOUT_S", 600.0)  # were the child waited for, this would hang
+    failures: list[BaseException] = []
+
+    def detect(apart: DetectionProcess) -> None:
+        try:
+            apart.detect(picture(300, 200, seed=4))
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            failures.append(error)
+
+    with pytest.raises(KeyboardInterrupt):
+        with DetectionProcess(EndlessDetector(tmp_path)) as apart:
+            caller = threading.Thread(target=detect, args=(apart,))
+            caller.start()
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (tmp_path / "started").exists()
+            raise KeyboardInterrupt
+    caller.join(timeout=60)
+    assert not caller.is_alive()
+    assert apart._children[0].process.returncode == -9  # killed, not waited for
+    assert len(failures) == 1 and "detection process stopped" in str(failures[0])
+
+
 def test_a_detector_that_cannot_be_sent_fails_before_a_process_starts() -> None:
     class Local(FakeDetector):  # defined in a function: pickle cannot name it
         pass

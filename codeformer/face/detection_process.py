@@ -99,19 +99,21 @@ class DetectionProcess:
             raise value
         return value
 
-    def close(self) -> None:
-        """Stop the children (each leaves when its input ends; killed if it does not within a few seconds)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the children: each leaves when its input ends (killed if it does not within a few seconds);
+        ``wait=False`` kills them at once (the job is leaving on Ctrl-C or an error: no answer is wanted, and
+        a dlib detection under way would hold the exit for seconds)."""
         for child in self._children:
             child.end_input()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + (STOP_TIMEOUT_S if wait else 0.0)
         for child in self._children:
             child.stop(deadline)
 
     def __enter__(self) -> "DetectionProcess":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(wait=exc_type is None)
 
     def _stopped(self, child: "_Child") -> CodeFormerError:
         code = child.process.poll()
