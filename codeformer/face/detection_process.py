@@ -68,7 +68,7 @@ class DetectionProcess:
             for _ in range(max(1, processes)):
                 self._children.append(_Child(payload))
         except BaseException:
-            self.close()
+            self.close(wait=False)
             raise
         # Free children, first in first out: successive calls from one thread take turns too.
         self._free: queue.SimpleQueue[_Child] = queue.SimpleQueue()
