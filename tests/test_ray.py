@@ -3,7 +3,7 @@
 One Ray instance for the module (2 CPUs, no dashboard, shut down at the end) runs the library's jobs
 with the 64 px network of ``test_pipeline`` and its fake detector finding one face (workers build it
 from :class:`SmallRecipe`, so they import this folder: it is on their ``PYTHONPATH``). One command line
-run with ``--ray local`` starts and stops an instance of its own, in a subprocess.
+run with ``--ray local`` (aligned faces, grouped in chunks as on one machine) joins that instance.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +31,7 @@ from codeformer.jobs.ray.ledger import REPORT_NAME
 from codeformer.jobs.ray.session import Workers, init_local_ray
 from codeformer.precision import SINGLE_ARENA_ENV
 from codeformer.jobs.ray.video import FrameIndex, index_frames, plan_segments
-from codeformer.jobs.local import restore_aligned_files, restore_picture_files, restore_video_file
+from codeformer.jobs.local import restore_picture_files, restore_video_file
 from codeformer.jobs.report import REPORT_NAME as FACE_REPORT_NAME, FaceReport
 from ray_recipe import SmallRecipe
 from test_pipeline import picture
@@ -214,26 +213,6 @@ def test_resume_schedules_nothing_when_every_result_exists(ray_run, pictures: Pa
         {name: data for name, data in before.items() if name != REPORT_NAME}
 
 
-def test_aligned_faces_are_byte_identical_in_the_same_chunks(local_ray: None, tmp_path: Path) -> None:
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for index in range(4):  # chunks of 3 and 1 as on one machine (a face's bytes depend on its chunk)
-        _save(folder / f"face{index}.png", picture(128, 128, seed=10 + index))
-    inputs = [str(p) for p in sorted(folder.iterdir())]
-    reference = tmp_path / "reference"
-    pipeline, options = SmallRecipe(aligned=True).build()
-    with one_thread():
-        restore_aligned_files(pipeline, [Path(p) for p in inputs], reference, options, progress=False)
-    out = tmp_path / "ray"
-    report = restore_pictures_on_ray(SmallRecipe(aligned=True), inputs, str(out), aligned=True,
-                                     workers=Workers(count=1, cpus=1, gpus=0), progress=False,
-                                     describe=describe_failure)
-    assert (report.done, report.failed) == (4, 0)
-    produced = _tree(out)
-    del produced[REPORT_NAME]
-    assert produced == _tree(reference)
-
-
 def test_ray_missing_is_one_line_that_says_what_to_install(pictures: Path, tmp_path: Path, monkeypatch,
                                                            capsys) -> None:
     from codeformer.cli import colorize_main
@@ -379,14 +358,20 @@ def test_video_in_two_segments_keeps_frames_timing_audio_report_and_frames(local
 # --------------------------------------------------------------------------------------- command line
 
 
-def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictures: Path, tmp_path: Path,
+def test_command_line_with_ray_matches_the_plain_command(local_ray: None, tmp_path: Path,
                                                          small_restoration_weights: Path,
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     """``--ray`` end to end through the command line (on this module's Ray instance, which the command joins
-    and leaves running) against the plain command: the same files and exit code."""
-    # The small CodeFormer and a RetinaFace MobileNet that finds no face: the command line's cheapest whole-picture run.
-    common = ["-i", str(pictures), "--weights_dir", str(small_restoration_weights), "--device", "cpu", "-s", "2",
-              "--no_parse", "--detection_model", "retinaface_mobile0.25", "--ext", "auto", "--report", "-q"]
+    and leaves running) against the plain command: the same files and exit code. Aligned faces, the small
+    CodeFormer: real restored faces without a detector, grouped by ``--batch_size`` as on one machine (a face's
+    bytes depend on its chunk: 4 faces, chunks of 3 and 1)."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for index in range(4):
+        _save(folder / f"face{index}.png", picture(128, 128, seed=10 + index))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    common = ["-i", str(folder), "--has_aligned", "--batch_size", "3", "--weights_dir", str(small_restoration_weights),
+              "--device", "cpu", "-q"]
     clustered = restore_main([*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--ray_workers", "1"])
     err = capfd.readouterr().err
     with one_thread():  # as the worker: its one CPU is one torch thread
@@ -394,8 +379,7 @@ def test_command_line_with_ray_matches_the_plain_command(local_ray: None, pictur
     assert plain == clustered == 1, err  # the corrupt file
     assert "Traceback" not in err and "corrupt.png" in err and "not a readable picture" in err
     produced = _tree(tmp_path / "ray")
-    assert [entry["status"] for entry in map(json.loads, produced.pop(REPORT_NAME).splitlines())].count("done") == 5
-    assert produced == _tree(tmp_path / "plain")
-    # No face found by the background-only detector: the final pictures and the (empty) face report alone.
-    assert len(produced) == 6
-    assert json.loads(produced[FACE_REPORT_NAME])["inputs"]["deep.png"] == {"kind": "picture", "faces": []}
+    assert [entry["status"] for entry in map(json.loads, produced.pop(REPORT_NAME).splitlines())].count("done") == 4
+    expected = _tree(tmp_path / "plain")
+    assert sorted(produced) == sorted(expected) and len(produced) == 4
+    assert [name for name in expected if produced[name] != expected[name]] == []
