@@ -173,7 +173,8 @@ class CodeFormer(nn.Module):
     ``x`` and ``out``: (N, 3, S, S) RGB in [-1, 1], S = 512 for ``latent_size`` 256 (see
     :attr:`image_size`); ``logits``: (N, latent_size, codebook_size); ``lq_feat``: the encoder's
     latents (N, 256, S/32, S/32). Arguments are the reference's; ``fix_modules`` (which modules to
-    freeze in training) is accepted and ignored.
+    freeze in training) is accepted and ignored. ``base_channels`` (not the reference's, which fixes 64)
+    sets the VQGAN's width, for narrower networks.
     """
 
     def __init__(
@@ -218,9 +219,8 @@ class CodeFormer(nn.Module):
             *(TransformerSALayer(dim_embd, n_head, MLP_RATIO * dim_embd) for _ in range(n_layers))
         )
         self.idx_pred_layer = nn.Sequential(nn.LayerNorm(dim_embd), nn.Linear(dim_embd, codebook_size, bias=False))
-        self.fuse_convs_dict = nn.ModuleDict(
-            {size: FuseSFTBlock(*(base_channels * FUSE_CHANNEL_MULTIPLIER[size],) * 2) for size in connect_list}
-        )
+        fuse_widths = {size: base_channels * FUSE_CHANNEL_MULTIPLIER[size] for size in connect_list}
+        self.fuse_convs_dict = nn.ModuleDict({size: FuseSFTBlock(width, width) for size, width in fuse_widths.items()})
         # block index -> connect_list entry, for the encoder taps and the generator fusions
         self._encoder_taps = {ENCODER_FEATURE_BLOCK[size]: size for size in connect_list}
         self._generator_fusions = {GENERATOR_FUSE_BLOCK[size]: size for size in connect_list}
