@@ -68,10 +68,9 @@ def _sideways_jpeg(path: Path, upright: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def picture_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> Path:
-    """Every kind of picture a folder can hold; three have the astronaut's face, one is broken. dlib spends seconds
-    on any picture (at least 512 px, as the reference enlarges smaller ones): the kinds share pictures, rgba.png and
-    deep.png share the astronaut's detection, and a picture without faces has a test of its own on a detector that
-    costs nothing."""
+    """Every kind of picture a folder can hold, in as few pictures as possible (dlib spends seconds on each, at least
+    512 px as the reference enlarges smaller ones): three with the astronaut's face, one broken. rgba.png and
+    deep.png share one detection; a picture without faces has a test of its own on a detector that costs nothing."""
     folder = tmp_path_factory.mktemp("pictures")
     _save(folder / "rgba.png", np.dstack([astronaut_bgr, np.tile(np.arange(512, dtype=np.uint8)[:, None] // 2, 512)]))
     _save(folder / "deep.png", _deep(astronaut_bgr))
