@@ -189,9 +189,11 @@ def test_wrong_shape_and_unexpected_keys_are_named(meta_codeformer_state):
     assert "wrong shape for quantize.embedding.weight (file [512, 256], expected [1024, 256])" in message
 
 
-def test_a_base_width_the_groupnorms_cannot_split_is_refused(meta_codeformer_state):
-    state = dict(meta_codeformer_state, **{"encoder.blocks.0.weight": torch.empty(48, 3, 3, 3, device="meta")})
-    with pytest.raises(CodeFormerError, match="cf.pth is not a supported CodeFormer checkpoint: base width 48"):
+@pytest.mark.parametrize("width", [48, 0])
+def test_a_base_width_the_groupnorms_cannot_split_is_refused(meta_codeformer_state, width):
+    state = dict(meta_codeformer_state, **{"encoder.blocks.0.weight": torch.empty(width, 3, 3, 3, device="meta")})
+    with pytest.raises(CodeFormerError, match=f"^cf.pth is not a supported CodeFormer checkpoint: base width {width} "
+                                              "is not a positive multiple of 32$"):
         build_codeformer(state, source="cf.pth")
 
 

@@ -366,10 +366,10 @@ def build_codeformer(state_dict: Mapping[str, torch.Tensor], *, source: str = "s
             f"{source} is not a supported CodeFormer checkpoint: width {config.dim_embd} does not split "
             f"into {config.n_head} attention heads"
         )
-    if config.base_channels % GROUP_NORM_GROUPS:
+    if config.base_channels <= 0 or config.base_channels % GROUP_NORM_GROUPS:
         raise CodeFormerError(
             f"{source} is not a supported CodeFormer checkpoint: base width {config.base_channels} is not a "
-            f"multiple of {GROUP_NORM_GROUPS}"
+            f"positive multiple of {GROUP_NORM_GROUPS}"
         )
     with torch.device("meta"):  # no random init: every parameter is replaced by the checkpoint's
         net = CodeFormer(
